@@ -1,0 +1,146 @@
+"""Backend choice and the CPU engine: the glue between the model and ``kernels.cpu``.
+
+An engine trains chunks of mini-batches in single compiled calls. The CUDA engine
+(``kernels.cuda.CudaEngine``) implements the same methods with device-resident buffers.
+"""
+import logging
+import os
+from contextlib import contextmanager
+
+import numpy as np
+from numba import get_num_threads
+
+from .errors import ConfigError
+from .kernels import cpu
+from .kernels.tuning import PREDICT_BLOCK_ROWS
+from .workspace import Workspace
+
+log = logging.getLogger("fastbp")
+DEVICES = ("auto", "cpu", "cuda")
+_auto_logged = False
+
+
+def cuda_available():
+    """True when numba-cuda is installed and sees a GPU (or the simulator is on)."""
+    try:
+        from numba import cuda
+    except Exception:  # numba-cuda missing or broken: the CPU serves
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def resolve_device(device):
+    global _auto_logged
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    available = cuda_available()
+    if device == "cuda":
+        if not available:
+            raise ConfigError("device='cuda' but no CUDA GPU is available (install the 'cuda' "
+                              "extra, pip install 'fastbp[cuda]', and check the driver), or "
+                              "use device='cpu'")
+        return "cuda"
+    choice = "cuda" if available else "cpu"
+    if not _auto_logged:
+        log.info("fastbp: device='auto' chose %s", choice)
+        _auto_logged = True
+    return choice
+
+
+@contextmanager
+def single_threaded_blas():
+    """Numba threads call BLAS from each thread: one BLAS thread each avoids oversubscription."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn depends on it
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+class FitSession:
+    """What one fit keeps between chunks: validated data, buffers, optimizer state."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class CPUEngine:
+    name = "cpu"
+
+    def __init__(self, model):
+        self.model = model
+
+    # -- training ---------------------------------------------------------------------
+    def begin_fit(self, X, Y, row_w, optimizer, state, batch_size):
+        m = self.model
+        ws = Workspace(m.layout, min(batch_size, X.shape[0]), m.dtype)
+        trainable = m._trainable.astype(np.int64)
+        return FitSession(X=X, Y=Y, row_w=row_w, ws=ws, batch_size=batch_size,
+                          opt=optimizer.code, hyper=optimizer.hyper(), state=state,
+                          trainable=trainable, lowest=int(np.flatnonzero(trainable)[0]),
+                          blocks=m.layout.update_blocks(trainable))
+
+    def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, losses):
+        m, lay, ws = self.model, self.model.layout, s.ws
+        return cpu.train_chunk(s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, m._params,
+                               lay.sizes, m._acts, lay.poff, lay.coff, s.trainable, s.lowest,
+                               m._loss_code, ws.Z, ws.A, ws.D, ws.gbuf, ws.tloss, s.opt, s.state,
+                               s.hyper, lrs, step, clip_norm, s.blocks, losses)
+
+    def end_fit(self, s):
+        """Parameters live in host memory already; nothing to copy back."""
+
+    # -- inference and gradients ------------------------------------------------------
+    def forward(self, X, n_layers, pre_activation, out):
+        m, lay = self.model, self.model.layout
+        ws = Workspace(lay, min(PREDICT_BLOCK_ROWS, X.shape[0]), m.dtype, n_threads=1)
+        cpu.forward_into(X, m._params, lay.sizes, m._acts, lay.poff, lay.coff, m._loss_code,
+                         n_layers, ws.batch_rows, ws.Z, ws.A, out, pre_activation,
+                         get_num_threads())
+        return out
+
+    def loss_and_grads(self, X, Y, row_w):
+        m, lay = self.model, self.model.layout
+        ws = Workspace(lay, min(PREDICT_BLOCK_ROWS, X.shape[0]), m.dtype)
+        grads = np.zeros(lay.n_params, dtype=m.dtype)
+        every = np.ones(lay.n_layers, dtype=np.int64)
+        order = np.arange(X.shape[0], dtype=np.int64)
+        loss = cpu.accumulate_loss_grads(X, Y, row_w, order, m._params, lay.sizes, m._acts,
+                                         lay.poff, lay.coff, every, 0, m._loss_code,
+                                         ws.batch_rows, ws.Z, ws.A, ws.D, ws.gbuf, ws.tloss,
+                                         grads)
+        return float(loss), grads
+
+
+def make_engine(model, device):
+    if device == "cuda":
+        from .kernels.cuda import CudaEngine
+        return CudaEngine(model)
+    return CPUEngine(model)
+
+
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+        return [dict(api=d.get("internal_api"), threads=d.get("num_threads"),
+                     version=d.get("version")) for d in threadpool_info()
+                if d.get("user_api") == "blas"]
+    except Exception:  # pragma: no cover
+        return []
+
+
+def thread_info():
+    from numba import config, threading_layer
+    try:
+        layer = threading_layer()
+    except ValueError:
+        layer = f"not started ({config.THREADING_LAYER})"
+    return dict(numba_threads=get_num_threads(), threading_layer=layer,
+                cpu_count=os.cpu_count())

@@ -1,0 +1,25 @@
+"""Exceptions of fastbp: ValueError/TypeError subclasses, so callers can catch either."""
+
+
+class ConfigError(ValueError):
+    """A bad hyperparameter or model configuration (names the argument and the fix)."""
+
+
+class DataError(ValueError):
+    """Input arrays that cannot be trained on or predicted from as given."""
+
+
+class DataTypeError(TypeError):
+    """Input arrays of a dtype fastbp cannot use (object, string, complex)."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs trained weights was called before fit/set_weights/load."""
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the model keeps its last finite weights."""
+
+
+class ModelFileError(ValueError):
+    """A model file is truncated, corrupted, foreign or from a future format version."""

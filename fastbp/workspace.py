@@ -1,0 +1,76 @@
+"""Layout of the flat parameter vector and the buffers one fit reuses for every batch."""
+import numpy as np
+from numba import get_num_threads
+
+from .kernels.tuning import UPDATE_BLOCK
+
+
+class Layout:
+    """Offsets of each layer's W and b inside the flat parameter vector.
+
+    Layer ``l`` (0-based) maps ``sizes[l]`` inputs to ``sizes[l+1]`` outputs; its W is stored
+    row-major (n_in, n_out) at ``poff[l]`` and its bias follows. ``coff`` is the running sum
+    of the widths, used to place each layer's rows in the flat row buffers.
+    """
+
+    def __init__(self, sizes):
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        n_layers = len(sizes) - 1
+        self.poff = np.zeros(n_layers, dtype=np.int64)
+        o = 0
+        for l in range(n_layers):
+            self.poff[l] = o
+            o += int(sizes[l]) * int(sizes[l + 1]) + int(sizes[l + 1])
+        self.n_params = o
+        self.coff = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.row_width = int(self.coff[-1])
+
+    @property
+    def n_layers(self):
+        return len(self.sizes) - 1
+
+    def w_slice(self, l):
+        o = int(self.poff[l])
+        return slice(o, o + int(self.sizes[l]) * int(self.sizes[l + 1]))
+
+    def b_slice(self, l):
+        o = int(self.poff[l]) + int(self.sizes[l]) * int(self.sizes[l + 1])
+        return slice(o, o + int(self.sizes[l + 1]))
+
+    def layer_slice(self, l):
+        return slice(int(self.poff[l]), self.b_slice(l).stop)
+
+    def update_blocks(self, trainable):
+        """(start, stop) blocks of the trainable layers' parameters for the optimizer pass."""
+        blocks = []
+        for l in range(self.n_layers):
+            if not trainable[l]:
+                continue
+            s = self.layer_slice(l)
+            for lo in range(s.start, s.stop, UPDATE_BLOCK):
+                blocks.append((lo, min(lo + UPDATE_BLOCK, s.stop)))
+        return np.array(blocks, dtype=np.int64).reshape(-1, 2)
+
+
+class Workspace:
+    """Row buffers for ``batch_rows`` rows and one gradient slot per thread, made once."""
+
+    def __init__(self, layout, batch_rows, dtype, n_threads=None):
+        self.layout = layout
+        self.batch_rows = int(batch_rows)
+        self.dtype = np.dtype(dtype)
+        self.n_threads = int(n_threads or get_num_threads())
+        size = self.batch_rows * layout.row_width
+        self.Z = np.zeros(size, dtype=self.dtype)
+        self.A = np.zeros(size, dtype=self.dtype)
+        self.D = np.zeros(size, dtype=self.dtype)
+        self.gbuf = np.zeros((self.n_threads, layout.n_params), dtype=self.dtype)
+        self.tloss = np.zeros(self.n_threads, dtype=np.float64)
+
+    def fits(self, batch_rows, dtype):
+        return (self.batch_rows >= batch_rows and self.dtype == np.dtype(dtype)
+                and self.n_threads >= get_num_threads())
+
+    @property
+    def nbytes(self):
+        return self.Z.nbytes + self.A.nbytes + self.D.nbytes + self.gbuf.nbytes

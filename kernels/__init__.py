@@ -1,0 +1,1 @@
+"""Compiled kernels of fastbp (importable as ``fastbp.kernels``); never imports the façade."""

@@ -1,0 +1,526 @@
+"""CPU kernels: ``@njit`` loops over preallocated buffers.
+
+Layout shared by every kernel (built by ``fastbp.workspace``):
+
+* ``params``: one flat vector; layer ``l``'s W (n_in x n_out, row-major) starts at
+  ``poff[l]`` and its bias follows immediately.
+* ``sizes``: layer widths ``[n_in, h1, ..., n_out]``; ``acts[l]``: activation code of dense
+  layer ``l`` (the last entry is unused: the loss fixes the output activation).
+* Row buffers ``Zbuf`` (pre-activations), ``Abuf`` (activations, layer 0 = input rows) and
+  ``Dbuf`` (deltas) are flat; layer ``l`` occupies ``B*coff[l] : B*coff[l+1]`` viewed as
+  (B, sizes[l]) where ``coff`` is the running sum of ``sizes``.
+* ``gbuf``: one gradient vector per thread (T, n_params). A batch is split into T row
+  slices; each thread carries its slice through forward and backward and writes the
+  gradient of its rows into its own slot, so no locks are needed; the optimizer pass then
+  sums the slots and updates the parameters in one sweep.
+
+No kernel allocates: every array is a view of a buffer passed in. Kernels do no bounds
+checks; the façade validates shapes and labels before calling them.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from . import math as m
+from .tuning import BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS, MIN_ROWS_PER_THREAD
+
+_jit = dict(cache=True, nogil=True)
+# Reassociation lets LLVM vectorise the dot-product reductions; NaN/inf semantics are kept
+# (no 'nnan'/'ninf') so that divergence is still detected.
+_jit_fast = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+
+_scalar = m.compile_with(njit(**_jit))
+activate = _scalar.activate
+activate_grad = _scalar.activate_grad
+pointwise_loss = _scalar.pointwise_loss
+pointwise_loss_grad = _scalar.pointwise_loss_grad
+output_activate = _scalar.output_activate
+sgd_step = _scalar.sgd_step
+adam_step = _scalar.adam_step
+rmsprop_step = _scalar.rmsprop_step
+
+
+# ---------------------------------------------------------------------------- views
+
+@njit(**_jit)
+def layer_rows(buf, B, coff, l, r0, r1, width):
+    """Rows r0..r1 of layer ``l``'s (B, width) slab of a flat row buffer."""
+    base = B * coff[l]
+    return buf[base + r0 * width: base + r1 * width].reshape(r1 - r0, width)
+
+
+@njit(**_jit)
+def matrix_rows(X, r0, r1):
+    """Rows r0..r1 of a C-contiguous 2-D array as a C-layout view."""
+    w = X.shape[1]
+    return X.reshape(X.shape[0] * w)[r0 * w: r1 * w].reshape(r1 - r0, w)
+
+
+@njit(**_jit)
+def weight(params, poff, sizes, l):
+    n_in = sizes[l]
+    n_out = sizes[l + 1]
+    o = poff[l]
+    return params[o: o + n_in * n_out].reshape(n_in, n_out)
+
+
+@njit(**_jit)
+def bias(params, poff, sizes, l):
+    o = poff[l] + sizes[l] * sizes[l + 1]
+    return params[o: o + sizes[l + 1]]
+
+
+@njit(**_jit)
+def use_blas(rows, n_in, n_out):
+    return rows >= BLAS_MIN_ROWS and n_in * n_out >= BLAS_MIN_WEIGHTS
+
+
+@njit(**_jit)
+def n_slices(rows, max_slices):
+    """How many threads share a batch of ``rows`` rows (at most the gradient slots).
+
+    The thread count comes from Python: numba's get_num_threads() inside a kernel would
+    make it, and every kernel calling it, uncacheable.
+    """
+    nt = max_slices
+    by_rows = max(1, rows // MIN_ROWS_PER_THREAD)
+    return min(nt, by_rows)
+
+
+# ---------------------------------------------------------------------- dense layers
+
+@njit(**_jit_fast)
+def dense_forward(A, W, b, Z):
+    """Z = A @ W + b  (A: (m, n_in), W: (n_in, n_out), Z: (m, n_out))."""
+    rows, n_in = A.shape
+    n_out = W.shape[1]
+    if use_blas(rows, n_in, n_out):
+        np.dot(A, W, Z)
+        for i in range(rows):
+            zi = Z[i]
+            for j in range(n_out):
+                zi[j] += b[j]
+        return
+    for i in range(rows):
+        zi = Z[i]
+        ai = A[i]
+        for j in range(n_out):
+            zi[j] = b[j]
+        for k in range(n_in):
+            a = ai[k]
+            # Zero inputs (ReLU outputs, blank pixels) cost nothing.
+            if a != 0:
+                wk = W[k]
+                for j in range(n_out):
+                    zi[j] += a * wk[j]
+
+
+@njit(**_jit_fast)
+def dense_weight_grad(A, D, gW, gb):
+    """gW = A^T @ D, gb = column sums of D  (overwrites, never accumulates)."""
+    rows, n_in = A.shape
+    n_out = D.shape[1]
+    for j in range(n_out):
+        gb[j] = 0
+    for i in range(rows):
+        di = D[i]
+        for j in range(n_out):
+            gb[j] += di[j]
+    if use_blas(rows, n_in, n_out):
+        np.dot(A.T, D, gW)
+        return
+    for k in range(n_in):
+        gk = gW[k]
+        for j in range(n_out):
+            gk[j] = 0
+    for i in range(rows):
+        ai = A[i]
+        di = D[i]
+        for k in range(n_in):
+            a = ai[k]
+            if a != 0:
+                gk = gW[k]
+                for j in range(n_out):
+                    gk[j] += a * di[j]
+
+
+@njit(**_jit_fast)
+def dense_input_delta(D, W, Zp, Ap, act, Dp):
+    """Dp = (D @ W^T) * f'(Zp)  : the delta of the layer below."""
+    rows, n_out = D.shape
+    n_in = W.shape[0]
+    if use_blas(rows, n_in, n_out):
+        np.dot(D, W.T, Dp)
+        for i in range(rows):
+            dpi = Dp[i]
+            zi = Zp[i]
+            ai = Ap[i]
+            for k in range(n_in):
+                dpi[k] *= activate_grad(act, zi[k], ai[k])
+        return
+    for i in range(rows):
+        di = D[i]
+        dpi = Dp[i]
+        zi = Zp[i]
+        ai = Ap[i]
+        for k in range(n_in):
+            wk = W[k]
+            s = 0.0
+            for j in range(n_out):
+                s += di[j] * wk[j]
+            dpi[k] = s * activate_grad(act, zi[k], ai[k])
+
+
+@njit(**_jit)
+def hidden_activate(Z, A, act):
+    rows, n = Z.shape
+    for i in range(rows):
+        zi = Z[i]
+        ai = A[i]
+        for j in range(n):
+            ai[j] = activate(act, zi[j])
+
+
+@njit(**_jit)
+def output_activation(Z, A, loss):
+    """Softmax rows for cross-entropy, sigmoid for BCE, identity otherwise."""
+    rows, n = Z.shape
+    for i in range(rows):
+        zi = Z[i]
+        ai = A[i]
+        if loss == m.CROSS_ENTROPY:
+            zmax = zi[0]
+            for j in range(1, n):
+                zmax = max(zmax, zi[j])
+            s = 0.0
+            for j in range(n):
+                e = math.exp(zi[j] - zmax)
+                ai[j] = e
+                s += e
+            inv = 1.0 / s
+            for j in range(n):
+                ai[j] *= inv
+        else:
+            for j in range(n):
+                ai[j] = output_activate(loss, zi[j])
+
+
+# ------------------------------------------------------------------- whole network
+
+@njit(**_jit)
+def forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1,
+                 n_layers):
+    """Carry rows r0..r1 (whose input is ``A0``) through the first ``n_layers`` layers."""
+    L = sizes.shape[0] - 1
+    A = A0
+    for l in range(n_layers):
+        Z = layer_rows(Zbuf, B, coff, l + 1, r0, r1, sizes[l + 1])
+        An = layer_rows(Abuf, B, coff, l + 1, r0, r1, sizes[l + 1])
+        dense_forward(A, weight(params, poff, sizes, l), bias(params, poff, sizes, l), Z)
+        if l == L - 1:
+            output_activation(Z, An, loss)
+        else:
+            hidden_activate(Z, An, acts[l])
+        A = An
+
+
+@njit(**_jit)
+def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D):
+    """Loss summed over rows (times ``scale``) and its delta w.r.t. the logits into ``D``.
+
+    Row i of the slice holds sample ``rows_idx[lo + i]``; ``scale`` is 1/rows for
+    cross-entropy (mean over rows) and 1/(rows*n_out) for the elementwise losses.
+    """
+    rows, n = Z.shape
+    total = 0.0
+    for i in range(rows):
+        s = rows_idx[lo + i]
+        yi = Y[s]
+        zi = Z[i]
+        ai = A[i]
+        di = D[i]
+        w = row_w[s] * scale
+        if loss == m.CROSS_ENTROPY:
+            zmax = zi[0]
+            for j in range(1, n):
+                zmax = max(zmax, zi[j])
+            se = 0.0
+            for j in range(n):
+                se += math.exp(zi[j] - zmax)
+            lse = zmax + math.log(se)
+            li = 0.0
+            ysum = 0.0
+            for j in range(n):
+                if yi[j] != 0:
+                    li -= yi[j] * (zi[j] - lse)
+                ysum += yi[j]
+            # d/dz of -sum y log softmax(z) is softmax(z) * sum(y) - y.
+            for j in range(n):
+                di[j] = w * (ai[j] * ysum - yi[j])
+            total += w * li
+        else:
+            li = 0.0
+            for j in range(n):
+                li += pointwise_loss(loss, zi[j], yi[j])
+                di[j] = w * pointwise_loss_grad(loss, zi[j], yi[j])
+            total += w * li
+    return total
+
+
+@njit(**_jit)
+def backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbuf, Abuf,
+                  Dbuf, r0, r1, g):
+    """Deltas from the output down to layer ``lowest``; gradients of trainable layers into g."""
+    L = sizes.shape[0] - 1
+    for l in range(L - 1, lowest - 1, -1):
+        n_in = sizes[l]
+        n_out = sizes[l + 1]
+        D = layer_rows(Dbuf, B, coff, l + 1, r0, r1, n_out)
+        if l == 0:
+            Ain = A0
+        else:
+            Ain = layer_rows(Abuf, B, coff, l, r0, r1, n_in)
+        if trainable[l]:
+            o = poff[l]
+            gW = g[o: o + n_in * n_out].reshape(n_in, n_out)
+            gb = g[o + n_in * n_out: o + n_in * n_out + n_out]
+            dense_weight_grad(Ain, D, gW, gb)
+        if l > lowest:
+            dense_input_delta(D, weight(params, poff, sizes, l),
+                              layer_rows(Zbuf, B, coff, l, r0, r1, n_in), Ain, acts[l - 1],
+                              layer_rows(Dbuf, B, coff, l, r0, r1, n_in))
+
+
+@njit(**_jit)
+def gather_rows(X, rows_idx, lo, hi, A0):
+    n = X.shape[1]
+    for i in range(hi - lo):
+        src = X[rows_idx[lo + i]]
+        dst = A0[i]
+        for j in range(n):
+            dst[j] = src[j]
+
+
+@njit(**_jit)
+def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, acts, poff,
+                    coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, g):
+    """Forward, loss and backward for rows r0..r1 of the batch starting at ``b0``."""
+    L = sizes.shape[0] - 1
+    A0 = layer_rows(Abuf, B, coff, 0, r0, r1, sizes[0])
+    gather_rows(X, rows_idx, b0 + r0, b0 + r1, A0)
+    forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1, L)
+    Zo = layer_rows(Zbuf, B, coff, L, r0, r1, sizes[L])
+    Ao = layer_rows(Abuf, B, coff, L, r0, r1, sizes[L])
+    Do = layer_rows(Dbuf, B, coff, L, r0, r1, sizes[L])
+    total = loss_and_output_delta(Zo, Ao, Y, row_w, rows_idx, b0 + r0, loss, scale, Do)
+    backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbuf, Abuf,
+                  Dbuf, r0, r1, g)
+    return total
+
+
+@njit(**_jit)
+def loss_scale(loss, rows, n_out):
+    if loss == m.CROSS_ENTROPY:
+        return 1.0 / rows
+    return 1.0 / (rows * n_out)
+
+
+# ------------------------------------------------------------------------ optimizers
+
+@njit(**_jit)
+def summed_grad(gbuf, nt, i):
+    g = gbuf[0, i]
+    for t in range(1, nt):
+        g += gbuf[t, i]
+    return g
+
+
+@njit(**_jit)
+def update_range(opt, params, gbuf, nt, gscale, state, hyper, lr, step, lo, hi):
+    """Sum the per-thread gradients of params[lo:hi], scale them, apply one optimizer step.
+
+    ``hyper`` per optimizer: SGD [momentum, nesterov, weight_decay]; Adam/AdamW
+    [beta1, beta2, eps, weight_decay, decoupled]; RMSprop [alpha, eps, momentum, weight_decay].
+    State slots are touched only when the optimizer owns them.
+    """
+    if opt == m.SGD:
+        mom = hyper[0]
+        if mom != 0.0:
+            buf = state[0]
+            for i in range(lo, hi):
+                g = summed_grad(gbuf, nt, i) * gscale
+                params[i], buf[i] = sgd_step(params[i], g, buf[i], lr, mom, hyper[1], hyper[2])
+        else:
+            wd = hyper[2]
+            for i in range(lo, hi):
+                g = summed_grad(gbuf, nt, i) * gscale
+                if wd != 0.0:
+                    g += wd * params[i]
+                params[i] -= lr * g
+    elif opt == m.ADAM:
+        b1 = hyper[0]
+        b2 = hyper[1]
+        bias1 = 1.0 - b1 ** step
+        bias2_sqrt = math.sqrt(1.0 - b2 ** step)
+        mbuf = state[0]
+        vbuf = state[1]
+        for i in range(lo, hi):
+            g = summed_grad(gbuf, nt, i) * gscale
+            params[i], mbuf[i], vbuf[i] = adam_step(params[i], g, mbuf[i], vbuf[i], lr, b1, b2,
+                                                    hyper[2], hyper[3], hyper[4], bias1,
+                                                    bias2_sqrt)
+    else:  # RMSPROP
+        sq = state[0]
+        if hyper[2] > 0.0:
+            buf = state[1]
+            for i in range(lo, hi):
+                g = summed_grad(gbuf, nt, i) * gscale
+                params[i], sq[i], buf[i] = rmsprop_step(params[i], g, sq[i], buf[i], lr,
+                                                        hyper[0], hyper[1], hyper[2], hyper[3])
+        else:
+            for i in range(lo, hi):
+                g = summed_grad(gbuf, nt, i) * gscale
+                params[i], sq[i], _ = rmsprop_step(params[i], g, sq[i], 0.0, lr, hyper[0],
+                                                   hyper[1], 0.0, hyper[3])
+
+
+@njit(**_jit)
+def grad_sq_range(gbuf, nt, lo, hi):
+    s = 0.0
+    for i in range(lo, hi):
+        g = summed_grad(gbuf, nt, i)
+        s += g * g
+    return s
+
+
+# ------------------------------------------------------------------ compiled entries
+
+@njit(parallel=True, **_jit)
+def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts, poff, coff,
+                trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, opt, state, hyper,
+                lrs, step, clip_norm, blocks, losses):
+    """Train on the mini-batches of ``perm[start:stop]``, one optimizer step each.
+
+    Batch k covers perm[start + k*batch_size : ...] (the last may be partial; its loss is
+    averaged over its own rows). ``lrs[k]`` is batch k's learning rate, ``step`` the
+    optimizer's step count before the chunk; ``losses[k]`` receives batch k's mean loss.
+    Stops before updating on a non-finite loss. Returns the number of steps applied.
+    """
+    n_out = sizes[sizes.shape[0] - 1]
+    n_batches = (stop - start + batch_size - 1) // batch_size
+    nblocks = blocks.shape[0]
+    for k in range(n_batches):
+        b0 = start + k * batch_size
+        rows = min(batch_size, stop - b0)
+        nt = n_slices(rows, gbuf.shape[0])
+        scale = loss_scale(loss, rows, n_out)
+        for t in prange(nt):
+            r0 = t * rows // nt
+            r1 = (t + 1) * rows // nt
+            tloss[t] = slice_loss_grad(X, Y, row_w, perm, b0, r0, r1, scale, params, sizes,
+                                       acts, poff, coff, trainable, lowest, loss, batch_size,
+                                       Zbuf, Abuf, Dbuf, gbuf[t])
+        total = 0.0
+        for t in range(nt):
+            total += tloss[t]
+        losses[k] = total
+        if not math.isfinite(total):
+            return k
+        gscale = 1.0
+        if clip_norm > 0.0:
+            sq = 0.0
+            for bi in prange(nblocks):
+                sq += grad_sq_range(gbuf, nt, blocks[bi, 0], blocks[bi, 1])
+            norm = math.sqrt(sq)
+            # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
+            gscale = min(1.0, clip_norm / (norm + 1e-6))
+        for bi in prange(nblocks):
+            update_range(opt, params, gbuf, nt, gscale, state, hyper, lrs[k], step + k + 1,
+                         blocks[bi, 0], blocks[bi, 1])
+    return n_batches
+
+
+@njit(parallel=True, **_jit)
+def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, trainable,
+                          lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, tloss, grads):
+    """Mean loss over all rows of X and its gradient (every layer) into ``grads``; no update."""
+    n = X.shape[0]
+    n_out = sizes[sizes.shape[0] - 1]
+    scale = loss_scale(loss, n, n_out)
+    P = grads.shape[0]
+    for i in range(P):
+        grads[i] = 0
+    total = 0.0
+    for b0 in range(0, n, B):
+        rows = min(B, n - b0)
+        nt = n_slices(rows, gbuf.shape[0])
+        for t in prange(nt):
+            r0 = t * rows // nt
+            r1 = (t + 1) * rows // nt
+            tloss[t] = slice_loss_grad(X, Y, row_w, order, b0, r0, r1, scale, params, sizes,
+                                       acts, poff, coff, trainable, lowest, loss, B, Zbuf,
+                                       Abuf, Dbuf, gbuf[t])
+        for t in range(nt):
+            total += tloss[t]
+        for i in prange(P):
+            grads[i] += summed_grad(gbuf, nt, i)
+    return total
+
+
+@njit(parallel=True, **_jit)
+def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
+                 pre_activation, max_slices):
+    """Rows of X through the first ``n_layers`` layers, the result into ``out``.
+
+    ``pre_activation`` selects Z (logits) instead of A for the last layer run. Works in
+    blocks of B rows, each block split over threads.
+    """
+    n = X.shape[0]
+    w = sizes[n_layers]
+    for b0 in range(0, n, B):
+        rows = min(B, n - b0)
+        nt = n_slices(rows, max_slices)
+        for t in prange(nt):
+            r0 = t * rows // nt
+            r1 = (t + 1) * rows // nt
+            A0 = matrix_rows(X, b0 + r0, b0 + r1)
+            forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1,
+                         n_layers)
+            if pre_activation:
+                src = layer_rows(Zbuf, B, coff, n_layers, r0, r1, w)
+            else:
+                src = layer_rows(Abuf, B, coff, n_layers, r0, r1, w)
+            for i in range(r1 - r0):
+                si = src[i]
+                oi = out[b0 + r0 + i]
+                for j in range(w):
+                    oi[j] = si[j]
+
+
+@njit(parallel=True, **_jit)
+def loss_sum(P, Z, Y, row_w, loss):
+    """Sum over rows of the per-row loss of probabilities/outputs P with logits Z (eval)."""
+    n, k = Z.shape
+    total = 0.0
+    for i in prange(n):
+        zi = Z[i]
+        yi = Y[i]
+        li = 0.0
+        if loss == m.CROSS_ENTROPY:
+            zmax = zi[0]
+            for j in range(1, k):
+                zmax = max(zmax, zi[j])
+            se = 0.0
+            for j in range(k):
+                se += math.exp(zi[j] - zmax)
+            lse = zmax + math.log(se)
+            for j in range(k):
+                if yi[j] != 0:
+                    li -= yi[j] * (zi[j] - lse)
+        else:
+            for j in range(k):
+                li += pointwise_loss(loss, zi[j], yi[j])
+            li /= k
+        total += row_w[i] * li
+    return total

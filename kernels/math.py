@@ -1,0 +1,221 @@
+"""Scalar activations, derivatives and losses: the one source of truth for the math.
+
+Plain Python functions over scalars using only ``math``; ``kernels.cpu`` compiles them with
+``@njit`` and ``kernels.cuda`` with ``@cuda.jit(device=True)``, so both backends share the
+formulas. Codes are small integers so a kernel can branch on them in its epilogue.
+"""
+import math
+import types
+
+# Hidden-layer activations.
+IDENTITY = 0
+RELU = 1
+LEAKY_RELU = 2
+ELU = 3
+GELU = 4
+SIGMOID = 5
+TANH = 6
+
+ACTIVATIONS = {
+    "identity": IDENTITY,
+    "relu": RELU,
+    "leaky_relu": LEAKY_RELU,
+    "elu": ELU,
+    "gelu": GELU,
+    "sigmoid": SIGMOID,
+    "tanh": TANH,
+}
+
+# Losses; each fixes its output activation so the output delta is (a - y) up to a scale.
+CROSS_ENTROPY = 0          # softmax output
+BINARY_CROSS_ENTROPY = 1   # sigmoid output, loss computed from logits
+MSE = 2                    # identity output
+MAE = 3
+HUBER = 4
+
+LOSSES = {
+    "cross_entropy": CROSS_ENTROPY,
+    "binary_cross_entropy": BINARY_CROSS_ENTROPY,
+    "mse": MSE,
+    "mae": MAE,
+    "huber": HUBER,
+}
+
+# PyTorch's defaults.
+LEAKY_SLOPE = 0.01
+ELU_ALPHA = 1.0
+HUBER_DELTA = 1.0
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def sigmoid(z):
+    # Two branches so that exp never overflows.
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def activate(code, z):
+    """f(z) for activation ``code``."""
+    if code == RELU:
+        return z if z > 0 else 0.0 * z
+    if code == LEAKY_RELU:
+        return z if z > 0 else LEAKY_SLOPE * z
+    if code == ELU:
+        return z if z > 0 else ELU_ALPHA * (math.exp(z) - 1.0)
+    if code == GELU:
+        return 0.5 * z * (1.0 + math.erf(z * _INV_SQRT2))
+    if code == SIGMOID:
+        return sigmoid(z)
+    if code == TANH:
+        return math.tanh(z)
+    return z
+
+
+def activate_grad(code, z, a):
+    """f'(z), given the pre-activation ``z`` and the activation ``a = f(z)``.
+
+    Derivatives at the kinks follow PyTorch (relu'(0) = 0, leaky_relu'(0) = slope).
+    """
+    if code == RELU:
+        return 1.0 if z > 0 else 0.0
+    if code == LEAKY_RELU:
+        return 1.0 if z > 0 else LEAKY_SLOPE
+    if code == ELU:
+        return 1.0 if z > 0 else a + ELU_ALPHA
+    if code == GELU:
+        return 0.5 * (1.0 + math.erf(z * _INV_SQRT2)) + z * _INV_SQRT_2PI * math.exp(-0.5 * z * z)
+    if code == SIGMOID:
+        return a * (1.0 - a)
+    if code == TANH:
+        return 1.0 - a * a
+    return 1.0
+
+
+def bce_with_logits(z, y):
+    """-(y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))), stable for any z."""
+    return max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+
+
+def pointwise_loss(code, z, y):
+    """Elementwise loss of the regression losses and BCE (softmax CE is row-wise)."""
+    if code == BINARY_CROSS_ENTROPY:
+        return bce_with_logits(z, y)
+    d = z - y
+    if code == MSE:
+        return d * d
+    if code == MAE:
+        return abs(d)
+    # HUBER
+    ad = abs(d)
+    if ad <= HUBER_DELTA:
+        return 0.5 * d * d
+    return HUBER_DELTA * (ad - 0.5 * HUBER_DELTA)
+
+
+def pointwise_loss_grad(code, z, y):
+    """d loss / d z of ``pointwise_loss`` (before the 1/count of the mean)."""
+    if code == BINARY_CROSS_ENTROPY:
+        return sigmoid(z) - y
+    d = z - y
+    if code == MSE:
+        return 2.0 * d
+    if code == MAE:
+        # torch.sign(0) == 0
+        if d > 0:
+            return 1.0
+        if d < 0:
+            return -1.0
+        return 0.0
+    # HUBER
+    if d > HUBER_DELTA:
+        return HUBER_DELTA
+    if d < -HUBER_DELTA:
+        return -HUBER_DELTA
+    return d
+
+
+def output_activate(code, z):
+    """Output activation of the pointwise losses (softmax is handled row-wise)."""
+    if code == BINARY_CROSS_ENTROPY:
+        return sigmoid(z)
+    return z
+
+
+# Optimizers: one element's update, torch.optim's rules. State lives in flat slots
+# (state[0], state[1]) owned by the caller; each returns the new (param, s0, s1).
+SGD = 0
+ADAM = 1
+RMSPROP = 2
+
+
+def sgd_step(p, g, buf, lr, momentum, nesterov, weight_decay):
+    """torch.optim.SGD with dampening 0: g += wd*p; buf = mu*buf + g; p -= lr*(g + mu*buf | buf)."""
+    if weight_decay != 0.0:
+        g = g + weight_decay * p
+    if momentum != 0.0:
+        # A zero-initialised buffer makes the first step buf = g, as torch's clone does.
+        buf = momentum * buf + g
+        if nesterov != 0.0:
+            g = g + momentum * buf
+        else:
+            g = buf
+    return p - lr * g, buf
+
+
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2_sqrt):
+    """torch.optim.Adam (decoupled=0: g += wd*p) or AdamW (decoupled=1: p *= 1 - lr*wd).
+
+    m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;
+    p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+    if weight_decay != 0.0:
+        if decoupled != 0.0:
+            p = p * (1.0 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+    m = beta1 * m + (1.0 - beta1) * g
+    v = beta2 * v + (1.0 - beta2) * g * g
+    p = p - (lr / bias1) * m / (math.sqrt(v) / bias2_sqrt + eps)
+    return p, m, v
+
+
+def rmsprop_step(p, g, sq, buf, lr, alpha, eps, momentum, weight_decay):
+    """torch.optim.RMSprop (centered=False).
+
+    sq = alpha*sq + (1-alpha)*g^2; avg = sqrt(sq) + eps;
+    momentum: buf = mu*buf + g/avg, p -= lr*buf; else p -= lr*g/avg
+    """
+    if weight_decay != 0.0:
+        g = g + weight_decay * p
+    sq = alpha * sq + (1.0 - alpha) * g * g
+    avg = math.sqrt(sq) + eps
+    if momentum > 0.0:
+        buf = momentum * buf + g / avg
+        return p - lr * buf, sq, buf
+    return p - lr * g / avg, sq, buf
+
+
+_FUNCTIONS = ("sigmoid", "activate", "activate_grad", "bce_with_logits", "pointwise_loss",
+              "pointwise_loss_grad", "output_activate", "sgd_step", "adam_step",
+              "rmsprop_step")
+
+
+def compile_with(jit):
+    """Compile every scalar function above with ``jit`` (``njit`` or a CUDA device jit).
+
+    Each function is cloned over a namespace in which the functions it calls are the
+    compiled ones, so calls between them stay inside compiled code.
+    """
+    namespace = dict(globals())
+    compiled = {}
+    for name in _FUNCTIONS:
+        f = namespace[name]
+        clone = types.FunctionType(f.__code__, namespace, name, f.__defaults__, f.__closure__)
+        clone.__qualname__ = f.__qualname__
+        clone.__module__ = f.__module__
+        clone.__doc__ = f.__doc__
+        namespace[name] = compiled[name] = jit(clone)
+    return types.SimpleNamespace(**compiled)
