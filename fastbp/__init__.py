@@ -1,4 +1,12 @@
 """fastbp: fast multilayer-perceptron training by backpropagation, compiled with Numba."""
+import os as _os
+
+# Numba's OpenMP threads meet at a barrier twice per mini-batch. GOMP's default spin-wait
+# burns the cores while waiting, and on a loaded machine (other processes, CI, notebooks)
+# the spinning threads starve the working ones: measured 45x slower on 2 busy cores.
+# Passive waiting costs little when idle. Set before numba starts its thread pool; a
+# user's own setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from .callbacks import Callback, History
 from .errors import (ConfigError, DataError, DataTypeError, ModelFileError, NotFittedError,
                      TrainingDivergedError)

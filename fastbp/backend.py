@@ -78,24 +78,37 @@ class CPUEngine:
         self.model = model
 
     # -- training ---------------------------------------------------------------------
-    def begin_fit(self, X, Y, row_w, optimizer, state, batch_size):
+    def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
+        """Buffers for the fit; ``state`` is the optimizer's flat state, updated in place."""
         m = self.model
         ws = Workspace(m.layout, min(batch_size, X.shape[0]), m.dtype)
         trainable = m._trainable.astype(np.int64)
         return FitSession(X=X, Y=Y, row_w=row_w, ws=ws, batch_size=batch_size,
-                          opt=optimizer.code, hyper=optimizer.hyper(), state=state,
+                          optimizer=optimizer, hyper=optimizer.hyper(), state=state,
                           trainable=trainable, lowest=int(np.flatnonzero(trainable)[0]),
-                          blocks=m.layout.update_blocks(trainable))
+                          blocks=m.layout.update_blocks(trainable), seed=dropout_seed,
+                          per_batch_s=None, step_done=0)
 
-    def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, losses):
+    def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, out):
+        """Batches of perm[start:stop]; out[k] = [loss, metric sum]; returns steps applied."""
         m, lay, ws = self.model, self.model.layout, s.ws
         return cpu.train_chunk(s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, m._params,
                                lay.sizes, m._acts, lay.poff, lay.coff, s.trainable, s.lowest,
-                               m._loss_code, ws.Z, ws.A, ws.D, ws.gbuf, ws.tloss, s.opt, s.state,
-                               s.hyper, lrs, step, clip_norm, s.blocks, losses)
+                               m._loss_code, ws.Z, ws.A, ws.D, ws.gbuf, ws.tloss,
+                               s.optimizer.code, s.state, s.hyper, lrs, step, clip_norm,
+                               s.blocks, out, m._drop, s.seed)
 
     def end_fit(self, s):
-        """Parameters live in host memory already; nothing to copy back."""
+        """Parameters and state live in host memory already; nothing to copy back."""
+
+    def sync_params(self, s):
+        """Make model._params current (the CUDA engine copies them from the device)."""
+
+    def snapshot(self, s):
+        return self.model._params.copy()
+
+    def restore(self, s, snapshot):
+        self.model._params[:] = snapshot
 
     # -- inference and gradients ------------------------------------------------------
     def forward(self, X, n_layers, pre_activation, out):

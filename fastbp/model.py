@@ -1,14 +1,13 @@
 """The MLP model: configuration, weights, and the fit/predict façade over the engines."""
 import math
 import numbers
-import time
 
 import numpy as np
 
-from . import persistence
+from . import persistence, training
 from .backend import make_engine, resolve_device, single_threaded_blas
-from .callbacks import History
-from .errors import ConfigError, DataError, NotFittedError, TrainingDivergedError
+from .callbacks import Callback
+from .errors import ConfigError, DataError
 from .kernels import math as km
 from .optimizers import get_optimizer
 from .progress import Progress
@@ -19,8 +18,6 @@ from .workspace import Layout
 INITS = ("auto", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu")
 CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
-# Python regains control after about this much compiled work (Ctrl-C, progress, callbacks).
-CHUNK_SECONDS = 0.15
 
 
 class MLP:
@@ -43,10 +40,13 @@ class MLP:
     device : "auto", "cpu" or "cuda"
     init : "auto" (He normal for the ReLU family, Glorot uniform otherwise), "he_normal",
         "he_uniform", "glorot_normal", "glorot_uniform". Biases start at zero.
+    dropout : float or sequence of float
+        Inverted-dropout rate after each hidden layer (one rate or one per hidden layer), in
+        [0, 1); applied in training only, deterministic for a given seed.
     """
 
     def __init__(self, sizes, activation="relu", loss="cross_entropy", dtype="float32", seed=0,
-                 device="auto", init="auto"):
+                 device="auto", init="auto", dropout=0.0):
         self.sizes = self._check_sizes(sizes)
         n_hidden = len(self.sizes) - 2
         if isinstance(activation, str):
@@ -72,11 +72,14 @@ class MLP:
         self._acts = np.array([km.ACTIVATIONS[a] for a in self.activations] + [0],
                               dtype=np.int64)
         self._loss_code = km.LOSSES[self.loss]
+        self.dropout = dropout
+        self._drop = self._check_dropout(dropout, n_hidden)
         self._trainable = np.ones(self.layout.n_layers, dtype=bool)
         self._rng = np.random.default_rng(seed)
         self._params = self._initial_params()
         self._engine = make_engine(self, self.device)
-        self._optimizer = None
+        self.optimizer = None       # the optimizer of the current/last fit (callbacks set lr)
+        self.stop_training = False
         self._opt_state = None
         self._step = 0
         self.history = None
@@ -96,6 +99,16 @@ class MLP:
                 raise ConfigError(f"every layer width in sizes must be a positive int, got "
                                   f"{sizes!r}")
         return [int(s) for s in sizes]
+
+    def _check_dropout(self, dropout, n_hidden):
+        rates = [dropout] * n_hidden if np.ndim(dropout) == 0 else list(dropout)
+        if len(rates) != n_hidden:
+            raise ConfigError(f"dropout lists {len(rates)} rates but the model has {n_hidden} "
+                              f"hidden layers")
+        for r in rates:
+            if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0.0 <= r < 1.0:
+                raise ConfigError(f"dropout rates must be numbers in [0, 1), got {dropout!r}")
+        return np.array([float(r) for r in rates] + [0.0], dtype=np.float64)
 
     def _init_scheme(self, l):
         if self.init != "auto":
@@ -128,7 +141,7 @@ class MLP:
     def get_config(self):
         return dict(sizes=self.sizes, activation=self.activation, loss=self.loss,
                     dtype=self.dtype.name, seed=self.seed, device=self.requested_device,
-                    init=self.init)
+                    init=self.init, dropout=self.dropout)
 
     def __repr__(self):
         return (f"MLP({self.sizes}, activation={self.activation!r}, loss={self.loss!r}, "
@@ -198,129 +211,210 @@ class MLP:
 
     # ---------------------------------------------------------------------- fit
     def fit(self, X, y, epochs=20, batch_size=64, optimizer="adam", lr=None, shuffle=True,
-            verbose=0, sample_weight=None, clip_norm=None, callbacks=None, warm_start=False):
+            verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
+            class_weight=None, clip_norm=None, callbacks=None, warm_start=False):
         """Train by mini-batch backpropagation; returns a :class:`History`.
 
-        Each epoch visits every row once in batches of ``batch_size`` (the last, partial
-        batch is trained, its loss averaged over its own rows); with ``shuffle`` a new
-        permutation per epoch comes from the model's seeded generator. ``optimizer`` is a
-        name ("sgd", "adam", "adamw", "rmsprop") or an optimizer object; ``lr`` overrides its
-        learning rate. ``warm_start`` keeps the optimizer state of the previous fit.
-        ``history.history["loss"][e]`` is epoch e's mean loss over its batches' rows.
-        Ctrl-C stops after the compiled chunk in flight, keeping the weights of the last
-        completed step (``history.interrupted`` is then True).
+        Parameters
+        ----------
+        X : array (n, n_in);  y : class ids (n,) or one-hot/targets (n, n_out)
+        epochs, batch_size : int
+            Each epoch visits every row once; the last, partial batch is trained, its loss
+            averaged over its own rows.
+        optimizer : "sgd", "adam", "adamw", "rmsprop" or an optimizer object
+        lr : float, optional
+            Overrides the optimizer's learning rate.
+        shuffle : bool
+            A new permutation per epoch from the model's seeded generator.
+        verbose : "auto", 0, 1 or 2
+            Keras-style: a progress bar (1, or "auto" on a terminal) or a line per epoch (2).
+        validation_split : float in [0, 1)
+            Hold out the last fraction of rows (before shuffling) as validation data.
+        validation_data : (X_val, y_val) or (X_val, y_val, sample_weight_val)
+            Overrides ``validation_split``.
+        sample_weight : array (n,), optional
+            Per-row weights of the loss (each batch's loss is sum(w * loss) / rows).
+        class_weight : dict {class id: weight} or "balanced", optional
+            Multiplies ``sample_weight``; "balanced" is n / (n_classes * bincount(y)).
+        clip_norm : float, optional
+            Clip the global gradient norm to this value before each update.
+        callbacks : list of :class:`fastbp.callbacks.Callback`
+        warm_start : bool
+            Continue the previous fit's optimizer state and step count (weights always
+            carry over between fits; ``reset()`` re-initialises them).
+
+        Ctrl-C stops after the compiled chunk in flight, keeping the weights of its last
+        step (``history.interrupted`` is then True). A non-finite loss raises
+        :class:`fastbp.TrainingDivergedError` and keeps the last finite weights.
         """
+        plan = self._plan_fit(X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
+                              validation_split, validation_data, sample_weight, class_weight,
+                              clip_norm, callbacks, warm_start)
+        return training.train(self, plan)
+
+    def partial_fit(self, X, y, batch_size=64, optimizer="adam", lr=None, shuffle=True,
+                    sample_weight=None, class_weight=None, clip_norm=None, verbose=0):
+        """One pass over (X, y), continuing the optimizer state of earlier calls."""
+        return self.fit(X, y, epochs=1, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                        shuffle=shuffle, sample_weight=sample_weight,
+                        class_weight=class_weight, clip_norm=clip_norm, verbose=verbose,
+                        warm_start=True)
+
+    def _plan_fit(self, X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
+                  validation_split, validation_data, sample_weight, class_weight, clip_norm,
+                  callbacks, warm_start):
+        """Validate every argument and the data; nothing about the model changes here."""
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         if lr is not None:
             lr = float(lr)
         opt = get_optimizer(optimizer, lr)
+        opt = opt.with_lr(opt.lr)   # callbacks may change the rate: never the caller's object
+        Progress(verbose, epochs, 1)  # validates ``verbose``
         if clip_norm is not None:
             clip_norm = float(clip_norm)
             if not clip_norm > 0:
                 raise ConfigError(f"clip_norm must be positive or None, got {clip_norm!r}")
+        callbacks = list(callbacks or [])
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise ConfigError(f"callbacks must be fastbp.callbacks.Callback instances, "
+                                  f"got {type(cb).__name__}")
+        if not self._trainable.any():
+            raise ConfigError("every layer is frozen; unfreeze at least one layer to train")
+        vs = float(validation_split)
+        if not 0.0 <= vs < 1.0:
+            raise ConfigError(f"validation_split must be in [0, 1), got {validation_split!r}")
+
         Xc = self._X(X)
         Y = self._Y(y, Xc.shape[0])
         row_w = check_sample_weight(sample_weight, Xc.shape[0])
-        if not self._trainable.any():
-            raise ConfigError("every layer is frozen; unfreeze at least one layer to train")
-        callbacks = list(callbacks or [])
+        if class_weight is not None:
+            row_w = row_w * self._class_weights(class_weight, Y)
 
+        validation = None
+        if validation_data is not None:
+            validation = self._validation_arrays(validation_data)
+        elif vs > 0.0:
+            n_val = int(math.ceil(Xc.shape[0] * vs))
+            n_train = Xc.shape[0] - n_val
+            if n_train < 1 or n_val < 1:
+                raise ConfigError(f"validation_split={vs} leaves no rows to train or "
+                                  f"validate on ({Xc.shape[0]} samples)")
+            validation = (Xc[n_train:], Y[n_train:], row_w[n_train:])
+            Xc, Y, row_w = Xc[:n_train], Y[:n_train], row_w[:n_train]
+        if self.loss not in CLASSIFICATION:
+            ss_tot = float(((Y - Y.mean(axis=0)) ** 2).sum())
+        else:
+            ss_tot = 0.0
         state, step = self._optimizer_state(opt, warm_start)
-        history = History()
-        history.params = dict(epochs=epochs, batch_size=batch_size, optimizer=repr(opt),
-                              samples=Xc.shape[0])
-        for cb in [history] + callbacks:
-            cb.set_model(self)
-        n = Xc.shape[0]
-        with single_threaded_blas():
-            session = self._engine.begin_fit(Xc, Y, row_w, opt, state, batch_size)
-            progress = Progress(verbose, epochs, n)
-            for cb in callbacks:
-                cb.on_train_begin({})
-            try:
-                step = self._train_epochs(session, history, callbacks, progress, opt, epochs,
-                                          batch_size, shuffle, clip_norm or 0.0, n, step)
-            except KeyboardInterrupt:
-                history.interrupted = True
-            finally:
-                self._engine.end_fit(session)
-                self._optimizer, self._opt_state, self._step = opt, state, session.step_done
-                progress.close()
-            for cb in callbacks:
-                cb.on_train_end({})
-        self.history = history
-        return history
+        return training.FitPlan(
+            X=Xc, Y=Y, row_w=row_w, optimizer=opt, state=state, step=step, epochs=epochs,
+            batch_size=batch_size, shuffle=bool(shuffle), verbose=verbose,
+            clip_norm=clip_norm or 0.0, callbacks=callbacks, validation=validation,
+            ss_tot=ss_tot, dropout_seed=int(self._rng.integers(0, 2 ** 31 - 1)))
+
+    def _validation_arrays(self, validation_data):
+        try:
+            parts = tuple(validation_data)
+        except TypeError:
+            parts = ()
+        if len(parts) not in (2, 3):
+            raise ConfigError("validation_data must be (X_val, y_val) or (X_val, y_val, "
+                              "sample_weight_val)")
+        Xv = check_X(parts[0], self.dtype, n_features=self.sizes[0], name="X_val")
+        Yv = check_targets(parts[1], self.loss, self.n_outputs, Xv.shape[0], self.dtype,
+                           name="y_val")
+        wv = check_sample_weight(parts[2] if len(parts) == 3 else None, Xv.shape[0],
+                                 name="sample_weight_val")
+        return Xv, Yv, wv
+
+    def _class_weights(self, class_weight, Y):
+        """Per-row weights from a class-weight dict or "balanced" (scikit-learn's rule)."""
+        if self.loss == "cross_entropy":
+            ids = Y.argmax(axis=1)
+            n_classes = self.n_outputs
+        elif self.loss == "binary_cross_entropy" and self.n_outputs == 1:
+            ids = (Y[:, 0] >= 0.5).astype(np.int64)
+            n_classes = 2
+        else:
+            raise ConfigError("class_weight needs cross_entropy or a single-output "
+                              "binary_cross_entropy; use sample_weight otherwise")
+        counts = np.bincount(ids, minlength=n_classes).astype(np.float64)
+        if isinstance(class_weight, str):
+            if class_weight != "balanced":
+                raise ConfigError(f"class_weight must be a dict or 'balanced', got "
+                                  f"{class_weight!r}")
+            present = counts > 0
+            per_class = np.zeros(n_classes)
+            per_class[present] = len(ids) / (present.sum() * counts[present])
+        elif isinstance(class_weight, dict):
+            per_class = np.ones(n_classes)
+            for c, wgt in class_weight.items():
+                if isinstance(c, bool) or not isinstance(c, numbers.Integral) or \
+                        not 0 <= c < n_classes:
+                    raise ConfigError(f"class_weight key {c!r} is not a class id in "
+                                      f"0..{n_classes - 1}")
+                wgt = float(wgt)
+                if not (wgt >= 0 and math.isfinite(wgt)):
+                    raise ConfigError(f"class_weight[{c}] must be a finite number >= 0")
+                per_class[int(c)] = wgt
+        else:
+            raise ConfigError(f"class_weight must be a dict or 'balanced', got "
+                              f"{type(class_weight).__name__}")
+        return per_class[ids]
 
     def _optimizer_state(self, opt, warm_start):
-        same = (warm_start and self._optimizer is not None
-                and type(self._optimizer) is type(opt) and self._opt_state is not None
+        same = (warm_start and self.optimizer is not None
+                and type(self.optimizer) is type(opt) and self._opt_state is not None
                 and self._opt_state.shape == (opt.n_slots, self.n_params)
                 and self._opt_state.dtype == self.dtype)
         if same:
             return self._opt_state, self._step
         return opt.init_state(self.n_params, self.dtype), 0
 
-    def _train_epochs(self, session, history, callbacks, progress, opt, epochs, batch_size,
-                      shuffle, clip_norm, n, step):
-        session.step_done = step
-        n_batches_epoch = -(-n // batch_size)
-        losses = np.empty(n_batches_epoch, dtype=np.float64)
-        lrs = np.full(n_batches_epoch, opt.lr, dtype=np.float64)
-        per_batch_s = None
-        for epoch in range(epochs):
-            for cb in callbacks:
-                cb.on_epoch_begin(epoch, {})
-            perm = (self._rng.permutation(n) if shuffle else np.arange(n)).astype(np.int64)
-            snapshot = self._params.copy()
-            t0 = time.perf_counter()
-            loss_sum = 0.0
-            start = 0
-            chunk = 0
-            while start < n:
-                nb = self._chunk_batches(per_batch_s, batch_size)
-                stop = min(n, start + nb * batch_size)
-                nb = -(-(stop - start) // batch_size)
-                tc = time.perf_counter()
-                done = self._engine.run_chunk(session, perm, start, stop, lrs[:nb],
-                                              session.step_done, clip_norm, losses[:nb])
-                per_batch_s = (time.perf_counter() - tc) / max(done, 1)
-                session.step_done += done
-                rows = np.full(done, batch_size, dtype=np.float64)
-                if done and start + done * batch_size > stop:
-                    rows[-1] = stop - (start + (done - 1) * batch_size)
-                loss_sum += float(np.dot(losses[:done], rows))
-                if done < nb:
-                    self._diverged(session, snapshot, epoch, losses[done])
-                start = stop
-                chunk += 1
-                progress.chunk(stop, loss_sum / stop)
-                for cb in callbacks:
-                    cb.on_chunk_end(chunk, {"loss": loss_sum / stop})
-            elapsed = time.perf_counter() - t0
-            logs = {"loss": loss_sum / n, "lr": opt.lr,
-                    "samples_per_s": n / elapsed if elapsed > 0 else float("inf")}
-            history.on_epoch_end(epoch, logs)
-            progress.epoch_end(epoch, logs)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
-        return session.step_done
+    def _metric_name(self):
+        return "accuracy" if self.is_classifier else "r2"
 
-    @staticmethod
-    def _chunk_batches(per_batch_s, batch_size):
-        if per_batch_s is None:
-            return 1   # the first call also pays compilation; measure, then size the chunks
-        return max(1, int(CHUNK_SECONDS / max(per_batch_s, 1e-7)))
+    # ------------------------------------------------------------- freezing layers
+    def _layer_indices(self, layers):
+        L = self.layout.n_layers
+        if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
+            layers = [layers]
+        out = []
+        for l in layers:
+            if isinstance(l, bool) or not isinstance(l, numbers.Integral) or not -L <= l < L:
+                raise ConfigError(f"layer index {l!r} is out of range for {L} dense layers "
+                                  f"(0..{L - 1}, or negative from the end)")
+            out.append(int(l) % L)
+        return out
 
-    def _diverged(self, session, snapshot, epoch, bad_loss):
-        self._engine.end_fit(session)
-        if not np.isfinite(self._params).all():
-            self._params[:] = snapshot
-            self._engine_params_changed()
-        raise TrainingDivergedError(
-            f"loss became {bad_loss} in epoch {epoch} (after {session.step_done} steps); "
-            f"training stopped and the model keeps its last finite weights. Lower the "
-            f"learning rate, scale the inputs, or set clip_norm")
+    def freeze(self, layers):
+        """Freeze dense layers (0-based; negative from the end): their W and b stay bitwise
+        unchanged by fit and their gradients are not computed."""
+        idx = self._layer_indices(layers)
+        self._trainable[idx] = False
+        return self
+
+    def unfreeze(self, layers=None):
+        """Make dense layers trainable again (all of them when ``layers`` is None)."""
+        idx = range(self.layout.n_layers) if layers is None else self._layer_indices(layers)
+        self._trainable[list(idx)] = True
+        return self
+
+    @property
+    def trainable(self):
+        """One bool per dense layer."""
+        return self._trainable.copy()
+
+    def reset(self):
+        """Re-initialise weights (from the seed) and forget the optimizer state."""
+        self._rng = np.random.default_rng(self.seed)
+        self._params[:] = self._initial_params()
+        self._engine_params_changed()
+        self.optimizer, self._opt_state, self._step = None, None, 0
+        self.history = None
+        return self
 
     # ------------------------------------------------------------------- inference
     def _check_fitted(self):
@@ -354,14 +448,12 @@ class MLP:
             return pred.ravel() if self.n_outputs == 1 else pred
         return out.ravel() if self.n_outputs == 1 else out
 
-    def transform(self, X, layer=None):
-        """Activations of dense layer ``layer`` (1-based; default the last hidden layer)."""
-        L = self.layout.n_layers
-        layer = L - 1 if layer is None else layer
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or \
-                not 1 <= layer <= L:
-            raise ConfigError(f"layer must be an int in 1..{L}, got {layer!r}")
-        return self._forward(self._X(X), n_layers=int(layer))
+    def transform(self, X, layer=-2):
+        """Activations (n, width) of dense layer ``layer``: 0-based like freeze, negative
+        from the end; the default -2 is the last hidden layer (an autoencoder's code when
+        the code layer is the middle one, pass its index)."""
+        (l,) = self._layer_indices(layer)
+        return self._forward(self._X(X), n_layers=l + 1)
 
     def decision_function(self, X):
         """Output-layer pre-activations (logits)."""
@@ -372,6 +464,9 @@ class MLP:
         Xc = self._X(X)
         Y = self._Y(y, Xc.shape[0])
         w = check_sample_weight(sample_weight, Xc.shape[0])
+        return self._evaluate_arrays(Xc, Y, w)
+
+    def _evaluate_arrays(self, Xc, Y, w):
         Z = self._forward(Xc, pre_activation=True)
         from .kernels.cpu import loss_sum
         loss = float(loss_sum(Z, Z, Y, w, self._loss_code)) / Xc.shape[0]

@@ -65,7 +65,7 @@ class Workspace:
         self.A = np.zeros(size, dtype=self.dtype)
         self.D = np.zeros(size, dtype=self.dtype)
         self.gbuf = np.zeros((self.n_threads, layout.n_params), dtype=self.dtype)
-        self.tloss = np.zeros(self.n_threads, dtype=np.float64)
+        self.tloss = np.zeros((self.n_threads, 2), dtype=np.float64)   # [loss, metric]
 
     def fits(self, batch_rows, dtype):
         return (self.batch_rows >= batch_rows and self.dtype == np.dtype(dtype)

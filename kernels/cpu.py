@@ -39,6 +39,7 @@ output_activate = _scalar.output_activate
 sgd_step = _scalar.sgd_step
 adam_step = _scalar.adam_step
 rmsprop_step = _scalar.rmsprop_step
+dropout_keep = _scalar.dropout_keep
 
 
 # ---------------------------------------------------------------------------- views
@@ -145,41 +146,70 @@ def dense_weight_grad(A, D, gW, gb):
                     gk[j] += a * di[j]
 
 
-@njit(**_jit_fast)
-def dense_input_delta(D, W, Zp, Ap, act, Dp):
-    """Dp = (D @ W^T) * f'(Zp)  : the delta of the layer below."""
-    rows, n_out = D.shape
-    n_in = W.shape[0]
-    if use_blas(rows, n_in, n_out):
-        np.dot(D, W.T, Dp)
+@njit(**_jit)
+def apply_activation_grad(Dp, Zp, Ap, act, rate, seed, step, layer, r0):
+    """Dp *= f'(Zp), and the dropout mask/scale of the layer below when rate > 0."""
+    rows, n = Dp.shape
+    if rate == 0.0:
         for i in range(rows):
             dpi = Dp[i]
             zi = Zp[i]
             ai = Ap[i]
-            for k in range(n_in):
+            for k in range(n):
                 dpi[k] *= activate_grad(act, zi[k], ai[k])
+        return
+    inv_keep = 1.0 / (1.0 - rate)
+    for i in range(rows):
+        dpi = Dp[i]
+        zi = Zp[i]
+        for k in range(n):
+            if dropout_keep(seed, step, layer, r0 + i, k, rate):
+                # Ap holds the dropped, rescaled value: recompute f(z) for the derivative.
+                z = zi[k]
+                dpi[k] *= activate_grad(act, z, activate(act, z)) * inv_keep
+            else:
+                dpi[k] = 0
+
+
+@njit(**_jit_fast)
+def dense_input_delta(D, W, Dp):
+    """Dp = D @ W^T  : the delta of the layer below, before its activation derivative."""
+    rows, n_out = D.shape
+    n_in = W.shape[0]
+    if use_blas(rows, n_in, n_out):
+        np.dot(D, W.T, Dp)
         return
     for i in range(rows):
         di = D[i]
         dpi = Dp[i]
-        zi = Zp[i]
-        ai = Ap[i]
         for k in range(n_in):
             wk = W[k]
             s = 0.0
             for j in range(n_out):
                 s += di[j] * wk[j]
-            dpi[k] = s * activate_grad(act, zi[k], ai[k])
+            dpi[k] = s
 
 
 @njit(**_jit)
-def hidden_activate(Z, A, act):
+def hidden_activate(Z, A, act, rate, seed, step, layer, r0):
+    """A = f(Z); with dropout ``rate`` > 0, inverted dropout (kept units scaled 1/(1-rate))."""
     rows, n = Z.shape
+    if rate == 0.0:
+        for i in range(rows):
+            zi = Z[i]
+            ai = A[i]
+            for j in range(n):
+                ai[j] = activate(act, zi[j])
+        return
+    inv_keep = 1.0 / (1.0 - rate)
     for i in range(rows):
         zi = Z[i]
         ai = A[i]
         for j in range(n):
-            ai[j] = activate(act, zi[j])
+            if dropout_keep(seed, step, layer, r0 + i, j, rate):
+                ai[j] = activate(act, zi[j]) * inv_keep
+            else:
+                ai[j] = 0
 
 
 @njit(**_jit)
@@ -210,8 +240,12 @@ def output_activation(Z, A, loss):
 
 @njit(**_jit)
 def forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1,
-                 n_layers):
-    """Carry rows r0..r1 (whose input is ``A0``) through the first ``n_layers`` layers."""
+                 n_layers, drop, seed, step):
+    """Carry rows r0..r1 (whose input is ``A0``) through the first ``n_layers`` layers.
+
+    ``drop[l]`` is layer l's dropout rate (all zero outside training); the mask is keyed
+    by (seed, step, layer, row in batch, unit).
+    """
     L = sizes.shape[0] - 1
     A = A0
     for l in range(n_layers):
@@ -221,19 +255,48 @@ def forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r
         if l == L - 1:
             output_activation(Z, An, loss)
         else:
-            hidden_activate(Z, An, acts[l])
+            hidden_activate(Z, An, acts[l], drop[l], seed, step, l, r0)
         A = An
 
 
 @njit(**_jit)
-def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D):
+def row_metric(zi, yi, loss):
+    """Training metric of one row: correct (0/1) for cross-entropy, fraction of correct
+    outputs for BCE, squared residual summed over outputs for regression (R^2 from it)."""
+    n = zi.shape[0]
+    if loss == m.CROSS_ENTROPY:
+        zbest = 0
+        ybest = 0
+        for j in range(1, n):
+            if zi[j] > zi[zbest]:
+                zbest = j
+            if yi[j] > yi[ybest]:
+                ybest = j
+        return 1.0 if zbest == ybest else 0.0
+    acc = 0.0
+    for j in range(n):
+        if loss == m.BINARY_CROSS_ENTROPY:
+            if (zi[j] >= 0) == (yi[j] >= 0.5):
+                acc += 1.0
+        else:
+            d = zi[j] - yi[j]
+            acc += d * d
+    if loss == m.BINARY_CROSS_ENTROPY:
+        return acc / n
+    return acc
+
+
+@njit(**_jit)
+def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D, out):
     """Loss summed over rows (times ``scale``) and its delta w.r.t. the logits into ``D``.
 
     Row i of the slice holds sample ``rows_idx[lo + i]``; ``scale`` is 1/rows for
     cross-entropy (mean over rows) and 1/(rows*n_out) for the elementwise losses.
+    ``out[0]`` receives the scaled loss sum, ``out[1]`` the summed row metric.
     """
     rows, n = Z.shape
     total = 0.0
+    metric = 0.0
     for i in range(rows):
         s = rows_idx[lo + i]
         yi = Y[s]
@@ -241,6 +304,7 @@ def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D):
         ai = A[i]
         di = D[i]
         w = row_w[s] * scale
+        metric += row_metric(zi, yi, loss)
         if loss == m.CROSS_ENTROPY:
             zmax = zi[0]
             for j in range(1, n):
@@ -265,12 +329,13 @@ def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D):
                 li += pointwise_loss(loss, zi[j], yi[j])
                 di[j] = w * pointwise_loss_grad(loss, zi[j], yi[j])
             total += w * li
-    return total
+    out[0] = total
+    out[1] = metric
 
 
 @njit(**_jit)
 def backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbuf, Abuf,
-                  Dbuf, r0, r1, g):
+                  Dbuf, r0, r1, g, drop, seed, step):
     """Deltas from the output down to layer ``lowest``; gradients of trainable layers into g."""
     L = sizes.shape[0] - 1
     for l in range(L - 1, lowest - 1, -1):
@@ -287,9 +352,10 @@ def backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbu
             gb = g[o + n_in * n_out: o + n_in * n_out + n_out]
             dense_weight_grad(Ain, D, gW, gb)
         if l > lowest:
-            dense_input_delta(D, weight(params, poff, sizes, l),
-                              layer_rows(Zbuf, B, coff, l, r0, r1, n_in), Ain, acts[l - 1],
-                              layer_rows(Dbuf, B, coff, l, r0, r1, n_in))
+            Dp = layer_rows(Dbuf, B, coff, l, r0, r1, n_in)
+            dense_input_delta(D, weight(params, poff, sizes, l), Dp)
+            apply_activation_grad(Dp, layer_rows(Zbuf, B, coff, l, r0, r1, n_in), Ain,
+                                  acts[l - 1], drop[l - 1], seed, step, l - 1, r0)
 
 
 @njit(**_jit)
@@ -304,19 +370,21 @@ def gather_rows(X, rows_idx, lo, hi, A0):
 
 @njit(**_jit)
 def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, acts, poff,
-                    coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, g):
-    """Forward, loss and backward for rows r0..r1 of the batch starting at ``b0``."""
+                    coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, g, drop, seed, step, out):
+    """Forward, loss and backward for rows r0..r1 of the batch starting at ``b0``.
+
+    ``out`` receives [scaled loss sum, metric sum] of the slice."""
     L = sizes.shape[0] - 1
     A0 = layer_rows(Abuf, B, coff, 0, r0, r1, sizes[0])
     gather_rows(X, rows_idx, b0 + r0, b0 + r1, A0)
-    forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1, L)
+    forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1, L, drop,
+                 seed, step)
     Zo = layer_rows(Zbuf, B, coff, L, r0, r1, sizes[L])
     Ao = layer_rows(Abuf, B, coff, L, r0, r1, sizes[L])
     Do = layer_rows(Dbuf, B, coff, L, r0, r1, sizes[L])
-    total = loss_and_output_delta(Zo, Ao, Y, row_w, rows_idx, b0 + r0, loss, scale, Do)
+    loss_and_output_delta(Zo, Ao, Y, row_w, rows_idx, b0 + r0, loss, scale, Do, out)
     backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbuf, Abuf,
-                  Dbuf, r0, r1, g)
-    return total
+                  Dbuf, r0, r1, g, drop, seed, step)
 
 
 @njit(**_jit)
@@ -399,12 +467,13 @@ def grad_sq_range(gbuf, nt, lo, hi):
 @njit(parallel=True, **_jit)
 def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts, poff, coff,
                 trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, opt, state, hyper,
-                lrs, step, clip_norm, blocks, losses):
+                lrs, step, clip_norm, blocks, losses, drop, seed):
     """Train on the mini-batches of ``perm[start:stop]``, one optimizer step each.
 
     Batch k covers perm[start + k*batch_size : ...] (the last may be partial; its loss is
     averaged over its own rows). ``lrs[k]`` is batch k's learning rate, ``step`` the
-    optimizer's step count before the chunk; ``losses[k]`` receives batch k's mean loss.
+    optimizer's step count before the chunk; ``losses[k]`` receives batch k's mean loss and
+    ``losses[k, 1]`` its summed row metric (see ``row_metric``). ``drop``/``seed``: per-layer dropout rates and the fit's dropout seed.
     Stops before updating on a non-finite loss. Returns the number of steps applied.
     """
     n_out = sizes[sizes.shape[0] - 1]
@@ -418,13 +487,16 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
         for t in prange(nt):
             r0 = t * rows // nt
             r1 = (t + 1) * rows // nt
-            tloss[t] = slice_loss_grad(X, Y, row_w, perm, b0, r0, r1, scale, params, sizes,
-                                       acts, poff, coff, trainable, lowest, loss, batch_size,
-                                       Zbuf, Abuf, Dbuf, gbuf[t])
+            slice_loss_grad(X, Y, row_w, perm, b0, r0, r1, scale, params, sizes, acts, poff,
+                            coff, trainable, lowest, loss, batch_size, Zbuf, Abuf, Dbuf,
+                            gbuf[t], drop, seed, step + k + 1, tloss[t])
         total = 0.0
+        metric = 0.0
         for t in range(nt):
-            total += tloss[t]
-        losses[k] = total
+            total += tloss[t, 0]
+            metric += tloss[t, 1]
+        losses[k, 0] = total
+        losses[k, 1] = metric
         if not math.isfinite(total):
             return k
         gscale = 1.0
@@ -448,6 +520,7 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
     n = X.shape[0]
     n_out = sizes[sizes.shape[0] - 1]
     scale = loss_scale(loss, n, n_out)
+    no_drop = np.zeros(sizes.shape[0] - 1)
     P = grads.shape[0]
     for i in range(P):
         grads[i] = 0
@@ -458,11 +531,11 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
         for t in prange(nt):
             r0 = t * rows // nt
             r1 = (t + 1) * rows // nt
-            tloss[t] = slice_loss_grad(X, Y, row_w, order, b0, r0, r1, scale, params, sizes,
-                                       acts, poff, coff, trainable, lowest, loss, B, Zbuf,
-                                       Abuf, Dbuf, gbuf[t])
+            slice_loss_grad(X, Y, row_w, order, b0, r0, r1, scale, params, sizes, acts, poff,
+                            coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[t],
+                            no_drop, 0, 0, tloss[t])
         for t in range(nt):
-            total += tloss[t]
+            total += tloss[t, 0]
         for i in prange(P):
             grads[i] += summed_grad(gbuf, nt, i)
     return total
@@ -478,6 +551,7 @@ def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Ab
     """
     n = X.shape[0]
     w = sizes[n_layers]
+    no_drop = np.zeros(sizes.shape[0] - 1)
     for b0 in range(0, n, B):
         rows = min(B, n - b0)
         nt = n_slices(rows, max_slices)
@@ -486,7 +560,7 @@ def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Ab
             r1 = (t + 1) * rows // nt
             A0 = matrix_rows(X, b0 + r0, b0 + r1)
             forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1,
-                         n_layers)
+                         n_layers, no_drop, 0, 0)
             if pre_activation:
                 src = layer_rows(Zbuf, B, coff, n_layers, r0, r1, w)
             else:

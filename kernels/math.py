@@ -144,6 +144,29 @@ def output_activate(code, z):
     return z
 
 
+# Dropout: a counter-based hash decides each unit's fate from (seed, step, layer, row, col),
+# so the mask is the same whatever the thread count or backend, and backward recomputes it
+# instead of storing it. Products are masked to 32 bits after each multiply, so int64
+# wrap-around in compiled code and Python's big ints give the same bits.
+_M32 = 0xFFFFFFFF
+
+
+def hash32(x):
+    x = x & _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    x ^= x >> 16
+    return x
+
+
+def dropout_keep(seed, step, layer, row, col, rate):
+    """True when unit (row, col) of ``layer`` survives dropout at optimizer step ``step``."""
+    h = hash32(seed + hash32(step + hash32(layer + hash32(row + hash32(col)))))
+    return h >= rate * 4294967296.0
+
+
 # Optimizers: one element's update, torch.optim's rules. State lives in flat slots
 # (state[0], state[1]) owned by the caller; each returns the new (param, s0, s1).
 SGD = 0
@@ -198,7 +221,7 @@ def rmsprop_step(p, g, sq, buf, lr, alpha, eps, momentum, weight_decay):
     return p - lr * g / avg, sq, buf
 
 
-_FUNCTIONS = ("sigmoid", "activate", "activate_grad", "bce_with_logits", "pointwise_loss",
+_FUNCTIONS = ("hash32", "dropout_keep", "sigmoid", "activate", "activate_grad", "bce_with_logits", "pointwise_loss",
               "pointwise_loss_grad", "output_activate", "sgd_step", "adam_step",
               "rmsprop_step")
 

@@ -1,0 +1,152 @@
+"""The epoch loop of one fit: chunks of compiled mini-batches, then Python between them.
+
+Data path: validated arrays -> engine.begin_fit (buffers, state) -> per epoch a permutation
+-> chunks of batches in single compiled calls (about CHUNK_SECONDS each) -> epoch logs,
+validation, callbacks -> engine.end_fit.
+"""
+import time
+
+import numpy as np
+
+from .backend import single_threaded_blas
+from .callbacks import History, LearningRateScheduler, TerminateOnNaN
+from .errors import TrainingDivergedError
+from .progress import Progress
+
+# Python regains control after about this much compiled work (Ctrl-C, progress, callbacks).
+CHUNK_SECONDS = 0.15
+
+
+class FitPlan:
+    """Everything a fit needs, validated before anything about the model changes."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def chunk_batches(per_batch_s):
+    if per_batch_s is None:
+        return 1   # the first call may also pay compilation: measure it, then size chunks
+    return max(1, int(CHUNK_SECONDS / max(per_batch_s, 1e-7)))
+
+
+def batch_rows(start, stop, batch_size, done):
+    """Rows of each of the ``done`` batches that begin at ``start`` (the last may be short)."""
+    rows = np.full(done, batch_size, dtype=np.float64)
+    if done:
+        rows[-1] = min(batch_size, stop - (start + (done - 1) * batch_size))
+    return rows
+
+
+def train(model, plan):
+    """Run ``plan`` on ``model``; returns the History."""
+    opt = plan.optimizer
+    history = History()
+    history.params = dict(epochs=plan.epochs, batch_size=plan.batch_size, optimizer=repr(opt),
+                          samples=plan.X.shape[0], validation_samples=(
+                              0 if plan.validation is None else plan.validation[0].shape[0]))
+    callbacks = [cb for cb in plan.callbacks if not isinstance(cb, TerminateOnNaN)]
+    callbacks += [TerminateOnNaN()]   # always on, and last: it sees the complete logs
+    for cb in [history] + callbacks:
+        cb.set_model(model)
+    step_schedule = None
+    for cb in callbacks:
+        if isinstance(cb, LearningRateScheduler) and cb.per_step:
+            step_schedule = cb.schedule
+
+    model.optimizer = opt
+    model.stop_training = False
+    n = plan.X.shape[0]
+    progress = Progress(plan.verbose, plan.epochs, n)
+    with single_threaded_blas():
+        session = model._engine.begin_fit(plan.X, plan.Y, plan.row_w, opt, plan.state,
+                                          plan.batch_size, plan.dropout_seed)
+        session.step_done = plan.step
+        try:
+            for cb in callbacks:
+                cb.on_train_begin({})
+            for epoch in range(plan.epochs):
+                logs = _run_epoch(model, plan, session, epoch, callbacks, progress,
+                                  step_schedule)
+                history.on_epoch_end(epoch, logs)
+                progress.epoch_end(epoch, logs)
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                if model.stop_training:
+                    break
+        except KeyboardInterrupt:
+            # The chunk in flight completed; weights are those of its last step.
+            history.interrupted = True
+        finally:
+            model._engine.end_fit(session)
+            model._opt_state = plan.state
+            model._step = session.step_done
+            progress.close()
+        for cb in callbacks:
+            cb.on_train_end({})
+    model.history = history
+    return history
+
+
+def _run_epoch(model, plan, session, epoch, callbacks, progress, step_schedule):
+    opt, n, bs = plan.optimizer, plan.X.shape[0], plan.batch_size
+    for cb in callbacks:
+        cb.on_epoch_begin(epoch, {})
+    perm = model._rng.permutation(n) if plan.shuffle else np.arange(n)
+    perm = perm.astype(np.int64)
+    snapshot = model._engine.snapshot(session)
+    out = np.empty((-(-n // bs), 2), dtype=np.float64)    # per batch [loss, metric sum]
+    loss_sum = metric_sum = 0.0
+    last_lr = opt.lr
+    start, chunk, per_batch_s = 0, 0, session.per_batch_s
+    t0 = time.perf_counter()
+    while start < n:
+        stop = min(n, start + chunk_batches(per_batch_s) * bs)
+        nb = -(-(stop - start) // bs)
+        steps = np.arange(session.step_done + 1, session.step_done + nb + 1)
+        lrs = (np.asarray(step_schedule(steps), dtype=np.float64) if step_schedule is not None
+               else np.full(nb, opt.lr, dtype=np.float64))
+        tc = time.perf_counter()
+        done = model._engine.run_chunk(session, perm, start, stop, lrs, session.step_done,
+                                       plan.clip_norm, out[:nb])
+        per_batch_s = (time.perf_counter() - tc) / max(done, 1)
+        session.step_done += done
+        rows = batch_rows(start, stop, bs, done)
+        loss_sum += float(out[:done, 0] @ rows)
+        metric_sum += float(out[:done, 1].sum())
+        if done:
+            last_lr = float(lrs[done - 1])
+        if done < nb:
+            _diverged(model, session, snapshot, epoch, out[done, 0])
+        chunk += 1
+        progress.chunk(stop, loss_sum / stop)
+        for cb in callbacks:
+            cb.on_chunk_end(chunk, {"loss": loss_sum / stop})
+        start = stop
+    session.per_batch_s = per_batch_s
+    elapsed = time.perf_counter() - t0
+    logs = {"loss": loss_sum / n}
+    metric = model._metric_name()
+    if metric == "r2":
+        logs["r2"] = 1.0 - metric_sum / plan.ss_tot if plan.ss_tot > 0 else 0.0
+    else:
+        logs["accuracy"] = metric_sum / n
+    if plan.validation is not None:
+        model._engine.sync_params(session)
+        res = model._evaluate_arrays(*plan.validation)
+        logs["val_loss"] = res["loss"]
+        logs["val_" + metric] = res[metric]
+    logs["lr"] = last_lr
+    logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
+    return logs
+
+
+def _diverged(model, session, snapshot, epoch, bad_loss):
+    """Keep the last finite weights: the current ones if finite, else the epoch's start."""
+    model._engine.end_fit(session)
+    if not np.isfinite(model._params).all():
+        model._engine.restore(session, snapshot)
+    raise TrainingDivergedError(
+        f"loss became {bad_loss} in epoch {epoch} (after {session.step_done} optimizer "
+        f"steps); training stopped and the model keeps its last finite weights. Lower the "
+        f"learning rate, scale the inputs, or set clip_norm")
