@@ -7,15 +7,17 @@ import os as _os
 # Passive waiting costs little when idle. Set before numba starts its thread pool; a
 # user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import callbacks, schedules
 from .callbacks import Callback, History
 from .errors import (ConfigError, DataError, DataTypeError, ModelFileError, NotFittedError,
                      TrainingDivergedError)
 from .model import MLP, load
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
+from .plotting import plot_history
 from .warmup import warmup
 
 __version__ = "0.1.0"
 
 __all__ = ["MLP", "load", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "History",
-           "Callback", "warmup", "ConfigError", "DataError", "DataTypeError",
+           "Callback", "warmup", "plot_history", "callbacks", "schedules", "ConfigError", "DataError", "DataTypeError",
            "ModelFileError", "NotFittedError", "TrainingDivergedError", "__version__"]

@@ -81,7 +81,9 @@ class CPUEngine:
     def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
         """Buffers for the fit; ``state`` is the optimizer's flat state, updated in place."""
         m = self.model
-        ws = Workspace(m.layout, min(batch_size, X.shape[0]), m.dtype)
+        ws = Workspace(m.layout, batch_size, m.dtype)
+        # Kernels index the row buffers by batch_size without bounds checks.
+        assert batch_size <= X.shape[0] and ws.Z.shape[0] >= batch_size * m.layout.row_width
         trainable = m._trainable.astype(np.int64)
         return FitSession(X=X, Y=Y, row_w=row_w, ws=ws, batch_size=batch_size,
                           optimizer=optimizer, hyper=optimizer.hyper(), state=state,

@@ -24,7 +24,7 @@ def cmd_demo(args):
     compile_s = fastbp.warmup() if net.device == "cpu" else 0.0
     t1 = time.perf_counter()
     hist = net.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, optimizer="adam",
-                   lr=args.lr, verbose=args.verbose)
+                   lr=args.lr, verbose=args.verbose, validation_data=(Xte, yte))
     t2 = time.perf_counter()
     res = net.evaluate(Xte, yte)
     sps = np.median(hist.history["samples_per_s"])
@@ -32,6 +32,12 @@ def cmd_demo(args):
     print(f"train: {args.epochs} epochs in {t2 - t1:.2f} s, median {sps:,.0f} samples/s")
     print(f"final train loss: {hist.history['loss'][-1]:.4f}")
     print(f"test accuracy: {res['accuracy']:.4f}  (test loss {res['loss']:.4f})")
+    if args.plot:
+        try:
+            fastbp.plot_history(hist, args.plot, title="fastbp demo: 8x8 digits")
+            print(f"loss curve: {args.plot}")
+        except ImportError as e:
+            print(f"(no plot: {e})")
     print(f"wall time: {time.perf_counter() - t0:.2f} s")
     return 0
 
@@ -64,6 +70,8 @@ def build_parser():
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2])
+    d.add_argument("--plot", default="fastbp-demo.png",
+                   help="PNG of loss/accuracy per epoch (needs matplotlib; '' to skip)")
     d.set_defaults(func=cmd_demo)
     i = sub.add_parser("info", help="versions, threads, BLAS and CUDA availability")
     i.set_defaults(func=cmd_info)

@@ -303,6 +303,8 @@ class MLP:
                                   f"validate on ({Xc.shape[0]} samples)")
             validation = (Xc[n_train:], Y[n_train:], row_w[n_train:])
             Xc, Y, row_w = Xc[:n_train], Y[:n_train], row_w[:n_train]
+        # A batch larger than the data is one full-data batch; the buffers hold that many rows.
+        batch_size = min(batch_size, Xc.shape[0])
         if self.loss not in CLASSIFICATION:
             ss_tot = float(((Y - Y.mean(axis=0)) ** 2).sum())
         else:
@@ -428,25 +430,76 @@ class MLP:
         with single_threaded_blas():
             return self._engine.forward(X, n_layers, pre_activation, out)
 
-    def predict_proba(self, X):
-        """Class probabilities (n, n_out): softmax rows, or sigmoid per output for BCE."""
+    def _output_buffer(self, out, n, dtype, shapes, what):
+        """Check a caller's ``out`` array; None means allocate one."""
+        if out is None:
+            return np.empty(shapes[0], dtype=dtype)
+        if not isinstance(out, np.ndarray) or out.dtype != dtype or \
+                out.shape not in shapes or not out.flags.c_contiguous or not out.flags.writeable:
+            raise DataError(f"out for {what} must be a writeable C-contiguous {np.dtype(dtype)} "
+                            f"array of shape {' or '.join(map(str, shapes))}")
+        return out
+
+    def predict_proba(self, X, out=None):
+        """Class probabilities (n, n_out): softmax rows, or sigmoid per output for BCE.
+
+        ``out``: optional preallocated (n, n_out) array of the model's dtype to write into.
+        """
         if not self.is_classifier:
             raise ConfigError(f"predict_proba needs a classification loss; this model's loss "
                               f"is {self.loss!r} (use predict)")
-        return self._forward(self._X(X))
+        Xc = self._X(X)
+        n = Xc.shape[0]
+        out = self._output_buffer(out, n, self.dtype, [(n, self.n_outputs)], "predict_proba")
+        return self._forward(Xc, out=out)
 
-    def predict(self, X):
+    def predict(self, X, out=None):
         """Class ids (cross_entropy), 0/1 per output (binary_cross_entropy), or values.
 
         Regression and BCE with one output give a 1-D array, otherwise (n, n_out).
+        ``out``: optional preallocated result array (int64 for class ids, the model's dtype
+        for values) written in place; C-contiguous inputs of the model's dtype are read
+        without a copy.
         """
-        out = self._forward(self._X(X))
-        if self.loss == "cross_entropy":
-            return out.argmax(axis=1)
-        if self.loss == "binary_cross_entropy":
-            pred = (out >= 0.5).astype(np.int64)
-            return pred.ravel() if self.n_outputs == 1 else pred
-        return out.ravel() if self.n_outputs == 1 else out
+        Xc = self._X(X)
+        n, k = Xc.shape[0], self.n_outputs
+        shapes = [(n,)] if k == 1 or self.loss == "cross_entropy" else [(n, k)]
+        if self.loss in CLASSIFICATION:
+            out = self._output_buffer(out, n, np.int64, shapes, "predict")
+            proba = self._forward(Xc)
+            if self.loss == "cross_entropy":
+                np.argmax(proba, axis=1, out=out)
+            else:
+                np.greater_equal(proba.reshape(out.shape), 0.5, out=out, casting="unsafe")
+            return out
+        if k == 1:
+            shapes = [(n,), (n, 1)]
+        out = self._output_buffer(out, n, self.dtype, shapes, "predict")
+        self._forward(Xc, out=out.reshape(n, k))
+        return out
+
+    def compiled_predictor(self, max_rows=256):
+        """``fn, args`` such that ``fn(*args, x_batch, out)`` predicts inside ``@njit`` code.
+
+        ``fn`` is the serial compiled inference kernel; ``args`` holds the model's flat
+        parameters (a live view: later training shows through), layout and scratch buffers
+        for ``max_rows`` rows at a time. ``x_batch``: C-contiguous (m, n_in) of the model's
+        dtype; ``out``: (m, n_out), receives probabilities or values. Not for concurrent use
+        from several threads (one ``compiled_predictor()`` per thread).
+        """
+        from .kernels.cpu import predict_rows
+        lay = self.layout
+        rows = check_positive_int(max_rows, "max_rows")
+        Z = np.zeros(rows * lay.row_width, dtype=self.dtype)
+        A = np.zeros(rows * lay.row_width, dtype=self.dtype)
+        self._engine_sync()
+        return predict_rows, (self._params, lay.sizes, self._acts, lay.poff, lay.coff,
+                              self._loss_code, Z, A)
+
+    def _engine_sync(self):
+        hook = getattr(self._engine, "params_to_host", None)
+        if hook is not None:
+            hook()
 
     def transform(self, X, layer=-2):
         """Activations (n, width) of dense layer ``layer``: 0-based like freeze, negative

@@ -35,6 +35,10 @@ def _as_array(a, name):
 
 
 def _require_finite(arr, name):
+    # A finite sum proves every element finite without a boolean temporary the size of X;
+    # only when it is not (NaN/inf, or a huge but finite overflow) look element by element.
+    if arr.dtype.kind == "f" and np.isfinite(arr.sum(dtype=np.float64)):
+        return
     if not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise DataError(f"{name} contains {bad} NaN or infinite value(s); remove or impute "

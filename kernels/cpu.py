@@ -598,3 +598,26 @@ def loss_sum(P, Z, Y, row_w, loss):
             li /= k
         total += row_w[i] * li
     return total
+
+
+@njit(**_jit)
+def predict_rows(params, sizes, acts, poff, coff, loss, Zbuf, Abuf, X, out):
+    """Serial inference for use inside a caller's own ``@njit`` code.
+
+    ``out[i]`` receives the output-layer activation of row ``X[i]`` (probabilities for the
+    classification losses, values otherwise). Zbuf/Abuf are the model's scratch rows
+    (``MLP.compiled_predictor`` makes them); one set per calling thread.
+    """
+    n = X.shape[0]
+    L = sizes.shape[0] - 1
+    w = sizes[L]
+    B = Zbuf.shape[0] // coff[L + 1]
+    no_drop = np.zeros(L)
+    for b0 in range(0, n, B):
+        rows = min(B, n - b0)
+        forward_rows(params, sizes, acts, poff, coff, loss, B, matrix_rows(X, b0, b0 + rows),
+                     Zbuf, Abuf, 0, rows, L, no_drop, 0, 0)
+        src = layer_rows(Abuf, B, coff, L, 0, rows, w)
+        for i in range(rows):
+            for j in range(w):
+                out[b0 + i, j] = src[i, j]

@@ -1,0 +1,666 @@
+"""CUDA kernels (``@cuda.jit``) and the device-buffer glue of the CUDA engine.
+
+Same layout and semantics as ``kernels.cpu`` (see its docstring): one flat parameter vector
+in which layer ``l``'s W (n_in x n_out, row-major) is followed by its bias, so the layer's
+slab is one (n_in + 1, n_out) matrix ``[W; b]``. The kernels use that: the forward GEMM
+multiplies ``[A, 1] @ [W; b]`` (bias for free) and the weight-gradient GEMM computes
+``[A, 1]^T @ D``, whose last row is the bias gradient, straight into the flat gradient.
+
+One optimizer step on the device is, per batch:
+
+1. ``dense_forward`` per layer: tiled shared-memory GEMM, epilogue bias + activation +
+   dropout (the input layer reads its rows of X through the epoch's permutation);
+2. ``output_loss``: softmax/sigmoid fused with the loss, the output delta, the per-row
+   metric, and the batch's loss and metric sums (block reduction + one atomic per block);
+3. per layer, top down: ``dense_weight_grad`` (trainable layers only) and
+   ``dense_input_delta`` (down to the lowest trainable layer), GEMMs with the activation
+   derivative and dropout mask fused into the delta epilogue;
+4. ``grad_sq_sum`` when clipping; ``update``: one pass over the trainable parameters for
+   every optimizer, which also refuses the step when the batch loss is not finite.
+
+Every kernel of a chunk is queued without waiting; a non-finite loss sets a device flag
+that makes the rest of the chunk's kernels return at once. The host reads back only the
+per-batch [loss, metric] rows of a chunk. X, Y, the row weights, parameters, optimizer
+state and row buffers are uploaded once per fit; the permutation once per epoch.
+
+The scalar math (activations, losses, optimizer rules, dropout hash) comes from
+``kernels.math`` compiled as CUDA device functions, so the masks and updates are those of
+the CPU kernels.
+"""
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import math as m
+
+# Tunables of the CUDA kernels.
+TILE = 16               # GEMM tile edge; a GEMM block is TILE x TILE threads
+ROW_THREADS = 128       # threads per block of the row-wise kernels (power of two)
+FLAT_THREADS = 256      # threads per block of the flat-vector kernels (power of two)
+FLAT_MAX_BLOCKS = 1024  # grid-stride cap of the flat-vector kernels
+BLOCK_ROWS = 65536      # rows per block of inference and of loss_and_grads
+
+_dev = m.compile_with(cuda.jit(device=True))
+
+
+# ------------------------------------------------------------------ device helpers
+
+@cuda.jit(device=True)
+def _src_row(perm, gather, b0, r):
+    """Sample index of row ``r`` of the batch starting at ``b0``."""
+    if gather != 0:
+        return perm[b0 + r]
+    return b0 + r
+
+
+@cuda.jit(device=True)
+def _flat_index(ranges, t):
+    """The t-th trainable parameter: ``ranges`` holds (start, stop) of trainable spans."""
+    for q in range(ranges.shape[0]):
+        n = ranges[q, 1] - ranges[q, 0]
+        if t < n:
+            return ranges[q, 0] + t
+        t -= n
+    return -1
+
+
+@cuda.jit(device=True)
+def _row_metric(Z, r, Y, s, n, loss):
+    """kernels.cpu.row_metric of batch row ``r`` (logits) against target row ``s``."""
+    if loss == m.CROSS_ENTROPY:
+        zbest = 0
+        ybest = 0
+        for j in range(1, n):
+            if Z[r, j] > Z[r, zbest]:
+                zbest = j
+            if Y[s, j] > Y[s, ybest]:
+                ybest = j
+        return 1.0 if zbest == ybest else 0.0
+    acc = 0.0
+    for j in range(n):
+        if loss == m.BINARY_CROSS_ENTROPY:
+            if (Z[r, j] >= 0) == (Y[s, j] >= 0.5):
+                acc += 1.0
+        else:
+            d = Z[r, j] - Y[s, j]
+            acc += d * d
+    if loss == m.BINARY_CROSS_ENTROPY:
+        return acc / n
+    return acc
+
+
+@cuda.jit(device=True)
+def _block_sum(buf, t, n_threads):
+    """Tree sum of ``buf[0:n_threads]`` (a power of two) in shared memory; result in buf[0]."""
+    cuda.syncthreads()
+    half = n_threads // 2
+    while half > 0:
+        if t < half:
+            buf[t] += buf[t + half]
+        cuda.syncthreads()
+        half //= 2
+
+
+# ------------------------------------------------------------------ dtype-free kernels
+
+@cuda.jit
+def reset_chunk(out, sq, status):
+    """Zero the per-batch [loss, metric] rows, the squared-norm sums and the stop flag."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        out[i, 0] = 0.0
+        out[i, 1] = 0.0
+        sq[i] = 0.0
+    if i == 0:
+        status[0] = 0
+
+
+@cuda.jit
+def grad_sq_sum(grads, ranges, n_total, sq, k, status):
+    """sq[k] += sum of squared gradients of the trainable parameters (for clip_norm)."""
+    if status[0] != 0:
+        return
+    buf = cuda.shared.array(FLAT_THREADS, np.float64)
+    t = cuda.threadIdx.x
+    acc = 0.0
+    for j in range(cuda.grid(1), n_total, cuda.gridsize(1)):
+        g = grads[_flat_index(ranges, j)]
+        acc += g * g
+    buf[t] = acc
+    _block_sum(buf, t, FLAT_THREADS)
+    if t == 0:
+        cuda.atomic.add(sq, k, buf[0])
+
+
+@cuda.jit
+def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_sqrt,
+           clip_norm, sq, out, k, status):
+    """One optimizer step over the trainable parameters (kernels.cpu.update_range's rules).
+
+    Batch ``k``'s loss ``out[k, 0]`` is checked first: when it is not finite, the step is
+    refused and ``status`` makes every later kernel of the chunk return at once.
+    """
+    if status[0] != 0:
+        return
+    if not math.isfinite(out[k, 0]):
+        status[0] = k + 1
+        return
+    gscale = 1.0
+    if clip_norm > 0.0:
+        # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
+        gscale = min(1.0, clip_norm / (math.sqrt(sq[k]) + 1e-6))
+    for j in range(cuda.grid(1), n_total, cuda.gridsize(1)):
+        i = _flat_index(ranges, j)
+        g = grads[i] * gscale
+        if opt == m.SGD:
+            if hyper[0] != 0.0:
+                params[i], state[0, i] = _dev.sgd_step(params[i], g, state[0, i], lr, hyper[0],
+                                                       hyper[1], hyper[2])
+            else:
+                params[i], _ = _dev.sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
+        elif opt == m.ADAM:
+            params[i], state[0, i], state[1, i] = _dev.adam_step(
+                params[i], g, state[0, i], state[1, i], lr, hyper[0], hyper[1], hyper[2],
+                hyper[3], hyper[4], bias1, bias2_sqrt)
+        else:  # RMSPROP
+            if hyper[2] > 0.0:
+                params[i], state[0, i], state[1, i] = _dev.rmsprop_step(
+                    params[i], g, state[0, i], state[1, i], lr, hyper[0], hyper[1], hyper[2],
+                    hyper[3])
+            else:
+                params[i], state[0, i], _ = _dev.rmsprop_step(
+                    params[i], g, state[0, i], 0.0, lr, hyper[0], hyper[1], 0.0, hyper[3])
+
+
+# ------------------------------------------------------------- dtype-specific kernels
+
+def _build(ft):
+    """The kernels that hold values of the model dtype ``ft`` in registers/shared memory."""
+
+    @cuda.jit
+    def dense_forward(Ain, perm, gather, b0, rows, n_in, n_out, params, off, Z, A, act,
+                      hidden, rate, seed, step, layer, status):
+        """Z = [Ain, 1] @ [W; b]; for hidden layers A = f(Z), with inverted dropout.
+
+        Input row r is Ain[perm[b0 + r]] (gather) or Ain[b0 + r]. The output layer writes
+        Z only: its activation is fused with the loss (or done by ``output_activation``).
+        """
+        if status[0] != 0:
+            return
+        As = cuda.shared.array((TILE, TILE + 1), ft)
+        Ws = cuda.shared.array((TILE, TILE + 1), ft)
+        ty = cuda.threadIdx.y
+        tx = cuda.threadIdx.x
+        r = cuda.blockIdx.y * TILE + ty
+        c = cuda.blockIdx.x * TILE + tx
+        src = 0
+        if r < rows:
+            src = _src_row(perm, gather, b0, r)
+        acc = ft(0.0)
+        for k0 in range(0, n_in + 1, TILE):
+            k = k0 + tx
+            a = ft(0.0)
+            if r < rows:
+                if k < n_in:
+                    a = Ain[src, k]
+                elif k == n_in:
+                    a = ft(1.0)
+            As[ty, tx] = a
+            kw = k0 + ty
+            w = ft(0.0)
+            if kw <= n_in and c < n_out:
+                w = params[off + kw * n_out + c]
+            Ws[ty, tx] = w
+            cuda.syncthreads()
+            for kk in range(TILE):
+                acc += As[ty, kk] * Ws[kk, tx]
+            cuda.syncthreads()
+        if r < rows and c < n_out:
+            Z[r, c] = acc
+            if hidden != 0:
+                if rate == 0.0:
+                    A[r, c] = _dev.activate(act, acc)
+                elif _dev.dropout_keep(seed, step, layer, np.int64(r), np.int64(c), rate):
+                    A[r, c] = _dev.activate(act, acc) * (1.0 / (1.0 - rate))
+                else:
+                    A[r, c] = ft(0.0)
+
+    @cuda.jit
+    def dense_input_delta(D, rows, n_in, n_out, params, off, Zp, Ap, act, rate, seed, step,
+                          layer, Dp, status):
+        """Dp = (D @ W^T) * f'(Zp), and the dropout mask/scale of layer ``layer`` (below)."""
+        if status[0] != 0:
+            return
+        Ds = cuda.shared.array((TILE, TILE + 1), ft)
+        Ws = cuda.shared.array((TILE, TILE + 1), ft)
+        ty = cuda.threadIdx.y
+        tx = cuda.threadIdx.x
+        r = cuda.blockIdx.y * TILE + ty
+        i = cuda.blockIdx.x * TILE + tx
+        wi = cuda.blockIdx.x * TILE + ty     # row of W this thread loads
+        acc = ft(0.0)
+        for j0 in range(0, n_out, TILE):
+            j = j0 + tx
+            d = ft(0.0)
+            if r < rows and j < n_out:
+                d = D[r, j]
+            Ds[ty, tx] = d
+            w = ft(0.0)
+            if wi < n_in and j < n_out:
+                w = params[off + wi * n_out + j]
+            Ws[ty, tx] = w
+            cuda.syncthreads()
+            for kk in range(TILE):
+                acc += Ds[ty, kk] * Ws[tx, kk]
+            cuda.syncthreads()
+        if r < rows and i < n_in:
+            z = Zp[r, i]
+            if rate == 0.0:
+                Dp[r, i] = acc * _dev.activate_grad(act, z, Ap[r, i])
+            elif _dev.dropout_keep(seed, step, layer, np.int64(r), np.int64(i), rate):
+                # Ap holds the dropped, rescaled value: recompute f(z) for the derivative.
+                Dp[r, i] = acc * (_dev.activate_grad(act, z, _dev.activate(act, z))
+                                  * (1.0 / (1.0 - rate)))
+            else:
+                Dp[r, i] = ft(0.0)
+
+    @cuda.jit
+    def dense_weight_grad(Ain, perm, gather, b0, rows, n_in, n_out, D, grads, off,
+                          accumulate, status):
+        """[gW; gb] = [Ain, 1]^T @ D into the layer's slab of ``grads`` (= or +=)."""
+        if status[0] != 0:
+            return
+        As = cuda.shared.array((TILE, TILE + 1), ft)
+        Ds = cuda.shared.array((TILE, TILE + 1), ft)
+        ty = cuda.threadIdx.y
+        tx = cuda.threadIdx.x
+        i = cuda.blockIdx.y * TILE + ty       # input unit (n_in: the bias row)
+        c = cuda.blockIdx.x * TILE + tx
+        ia = cuda.blockIdx.y * TILE + tx      # input unit this thread loads
+        acc = ft(0.0)
+        for r0 in range(0, rows, TILE):
+            rr = r0 + ty
+            a = ft(0.0)
+            if rr < rows:
+                if ia < n_in:
+                    a = Ain[_src_row(perm, gather, b0, rr), ia]
+                elif ia == n_in:
+                    a = ft(1.0)
+            As[ty, tx] = a
+            d = ft(0.0)
+            if rr < rows and c < n_out:
+                d = D[rr, c]
+            Ds[ty, tx] = d
+            cuda.syncthreads()
+            for kk in range(TILE):
+                acc += As[kk, ty] * Ds[kk, tx]
+            cuda.syncthreads()
+        if i <= n_in and c < n_out:
+            o = off + i * n_out + c
+            if accumulate != 0:
+                grads[o] += acc
+            else:
+                grads[o] = acc
+
+    @cuda.jit
+    def output_loss(Z, Y, row_w, perm, gather, b0, rows, n_out, loss, scale, D, out, k,
+                    status):
+        """Output delta of each row into D; out[k] += [scaled loss sum, metric sum].
+
+        Softmax (cross-entropy) and sigmoid (BCE) are fused with their losses, so the
+        delta is w * (a - y) up to the loss's scale, as in kernels.cpu.loss_and_output_delta.
+        """
+        if status[0] != 0:
+            return
+        lbuf = cuda.shared.array(ROW_THREADS, np.float64)
+        mbuf = cuda.shared.array(ROW_THREADS, np.float64)
+        t = cuda.threadIdx.x
+        r = cuda.blockIdx.x * ROW_THREADS + t
+        total = 0.0
+        metric = 0.0
+        if r < rows:
+            s = _src_row(perm, gather, b0, r)
+            w = row_w[s] * scale
+            metric = _row_metric(Z, r, Y, s, n_out, loss)
+            li = 0.0
+            if loss == m.CROSS_ENTROPY:
+                zmax = Z[r, 0]
+                for j in range(1, n_out):
+                    zmax = max(zmax, Z[r, j])
+                se = 0.0
+                for j in range(n_out):
+                    se += math.exp(Z[r, j] - zmax)
+                lse = zmax + math.log(se)
+                inv = 1.0 / se
+                ysum = 0.0
+                for j in range(n_out):
+                    y = Y[s, j]
+                    if y != 0:
+                        li -= y * (Z[r, j] - lse)
+                    ysum += y
+                # d/dz of -sum y log softmax(z) is softmax(z) * sum(y) - y.
+                for j in range(n_out):
+                    a = ft(ft(math.exp(Z[r, j] - zmax)) * inv)
+                    D[r, j] = w * (a * ysum - Y[s, j])
+            else:
+                for j in range(n_out):
+                    li += _dev.pointwise_loss(loss, Z[r, j], Y[s, j])
+                    D[r, j] = w * _dev.pointwise_loss_grad(loss, Z[r, j], Y[s, j])
+            total = w * li
+        lbuf[t] = total
+        mbuf[t] = metric
+        _block_sum(lbuf, t, ROW_THREADS)
+        _block_sum(mbuf, t, ROW_THREADS)
+        if t == 0:
+            cuda.atomic.add(out, (k, 0), lbuf[0])
+            cuda.atomic.add(out, (k, 1), mbuf[0])
+
+    @cuda.jit
+    def output_activation(Z, A, rows, n_out, loss):
+        """Softmax rows (cross-entropy), sigmoid (BCE) or identity: inference outputs."""
+        r = cuda.grid(1)
+        if r >= rows:
+            return
+        if loss == m.CROSS_ENTROPY:
+            zmax = Z[r, 0]
+            for j in range(1, n_out):
+                zmax = max(zmax, Z[r, j])
+            s = 0.0
+            for j in range(n_out):
+                e = math.exp(Z[r, j] - zmax)
+                A[r, j] = e
+                s += e
+            inv = 1.0 / s
+            for j in range(n_out):
+                A[r, j] *= inv
+        else:
+            for j in range(n_out):
+                A[r, j] = _dev.output_activate(loss, Z[r, j])
+
+    return dict(dense_forward=dense_forward, dense_input_delta=dense_input_delta,
+                dense_weight_grad=dense_weight_grad, output_loss=output_loss,
+                output_activation=output_activation)
+
+
+_KERNELS = {}
+
+
+def kernels_for(dtype):
+    """The dtype-specific kernels (float32 or float64), built on first use."""
+    dtype = np.dtype(dtype)
+    if dtype not in _KERNELS:
+        _KERNELS[dtype] = _build(dtype.type)
+    return _KERNELS[dtype]
+
+
+# -------------------------------------------------------------------------- launches
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _gemm_grid(n_cols, n_rows):
+    return (_cdiv(n_cols, TILE), _cdiv(n_rows, TILE)), (TILE, TILE)
+
+
+def _flat_grid(n):
+    return min(FLAT_MAX_BLOCKS, max(1, _cdiv(n, FLAT_THREADS))), FLAT_THREADS
+
+
+class RowBuffers:
+    """Device Z, A and D buffers of ``rows`` rows for layers 1..n_layers (index = layer)."""
+
+    def __init__(self, sizes, rows, dtype, n_layers=None):
+        n_layers = len(sizes) - 1 if n_layers is None else n_layers
+        self.rows = int(rows)
+        self.Z = [None] + [cuda.device_array((self.rows, int(sizes[l])), dtype)
+                           for l in range(1, n_layers + 1)]
+        self.A = [None] + [cuda.device_array((self.rows, int(sizes[l])), dtype)
+                           for l in range(1, n_layers + 1)]
+        self.D = [None] + [cuda.device_array((self.rows, int(sizes[l])), dtype)
+                           for l in range(1, n_layers + 1)]
+
+
+class CudaFitSession:
+    """What one fit keeps on the device between chunks."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _trainable_ranges(layout, trainable):
+    """(start, stop) spans of the trainable layers' parameters, adjacent layers merged."""
+    spans = []
+    for l in range(layout.n_layers):
+        if not trainable[l]:
+            continue
+        s = layout.layer_slice(l)
+        if spans and spans[-1][1] == s.start:
+            spans[-1][1] = s.stop
+        else:
+            spans.append([s.start, s.stop])
+    return np.array(spans, dtype=np.int64).reshape(-1, 2)
+
+
+def _loss_scale(loss, rows, n_out):
+    if loss == m.CROSS_ENTROPY:
+        return 1.0 / rows
+    return 1.0 / (rows * n_out)
+
+
+class CudaEngine:
+    """The CPU engine's contract (fastbp.backend.CPUEngine) with device-resident buffers."""
+
+    name = "cuda"
+
+    def __init__(self, model):
+        self.model = model
+        self._k = kernels_for(model.dtype)
+        self._no_stop = cuda.to_device(np.zeros(1, dtype=np.int64))
+        self._no_perm = cuda.to_device(np.zeros(1, dtype=np.int64))
+        self._active = None
+
+    # -- the network, batch by batch, queued on the default stream -----------------------
+    def _forward_layers(self, d_params, X, perm, gather, b0, rows, bufs, n_layers, drop,
+                        seed, step, status):
+        m_, lay, k = self.model, self.model.layout, self._k
+        L = lay.n_layers
+        sizes = lay.sizes
+        for l in range(n_layers):
+            n_in, n_out = int(sizes[l]), int(sizes[l + 1])
+            if l == 0:
+                Ain, g, o = X, gather, b0
+            else:
+                Ain, g, o = bufs.A[l], 0, 0
+            grid, block = _gemm_grid(n_out, rows)
+            k["dense_forward"][grid, block](
+                Ain, perm, g, o, rows, n_in, n_out, d_params, int(lay.poff[l]), bufs.Z[l + 1],
+                bufs.A[l + 1], int(m_._acts[l]), 0 if l == L - 1 else 1, float(drop[l]),
+                seed, step, l, status)
+
+    def _backward_layers(self, d_params, X, perm, gather, b0, rows, bufs, grads, trainable,
+                         lowest, drop, seed, step, accumulate, status):
+        m_, lay, k = self.model, self.model.layout, self._k
+        sizes = lay.sizes
+        for l in range(lay.n_layers - 1, lowest - 1, -1):
+            n_in, n_out = int(sizes[l]), int(sizes[l + 1])
+            if l == 0:
+                Ain, g, o = X, gather, b0
+            else:
+                Ain, g, o = bufs.A[l], 0, 0
+            if trainable[l]:
+                grid, block = _gemm_grid(n_out, n_in + 1)
+                k["dense_weight_grad"][grid, block](
+                    Ain, perm, g, o, rows, n_in, n_out, bufs.D[l + 1], grads,
+                    int(lay.poff[l]), accumulate, status)
+            if l > lowest:
+                grid, block = _gemm_grid(n_in, rows)
+                k["dense_input_delta"][grid, block](
+                    bufs.D[l + 1], rows, n_in, n_out, d_params, int(lay.poff[l]), bufs.Z[l],
+                    bufs.A[l], int(m_._acts[l - 1]), float(drop[l - 1]), seed, step, l - 1,
+                    bufs.D[l], status)
+
+    def _output_loss(self, bufs, Y, row_w, perm, gather, b0, rows, scale, out, k_out, status):
+        m_ = self.model
+        L = m_.layout.n_layers
+        self._k["output_loss"][_cdiv(rows, ROW_THREADS), ROW_THREADS](
+            bufs.Z[L], Y, row_w, perm, gather, b0, rows, int(m_.layout.sizes[L]),
+            int(m_._loss_code), scale, bufs.D[L], out, k_out, status)
+
+    # -- training ---------------------------------------------------------------------
+    def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
+        """Upload data, parameters and optimizer state once; ``state`` is written back by
+        ``end_fit``."""
+        m_ = self.model
+        lay = m_.layout
+        n = X.shape[0]
+        trainable = m_._trainable.astype(bool)
+        ranges = _trainable_ranges(lay, trainable)
+        n_slots = state.shape[0]
+        dev_state = state if n_slots else np.zeros((1, lay.n_params), dtype=m_.dtype)
+        cap = _cdiv(n, batch_size)          # batches of one epoch: the largest chunk
+        s = CudaFitSession(
+            batch_size=int(batch_size), n=n, optimizer=optimizer, state=state,
+            trainable=trainable, lowest=int(np.flatnonzero(trainable)[0]),
+            n_trainable=int((ranges[:, 1] - ranges[:, 0]).sum()), seed=int(dropout_seed),
+            X=cuda.to_device(np.ascontiguousarray(X)),
+            Y=cuda.to_device(np.ascontiguousarray(Y)),
+            row_w=cuda.to_device(np.ascontiguousarray(row_w, dtype=np.float64)),
+            params=cuda.to_device(m_._params), grads=cuda.device_array(lay.n_params, m_.dtype),
+            dev_state=cuda.to_device(np.ascontiguousarray(dev_state)),
+            hyper=cuda.to_device(np.asarray(optimizer.hyper(), dtype=np.float64)),
+            ranges=cuda.to_device(ranges), bufs=RowBuffers(lay.sizes, min(batch_size, n),
+                                                           m_.dtype),
+            perm=cuda.device_array(n, np.int64), perm_host=None,
+            out=cuda.device_array((cap, 2), np.float64), sq=cuda.device_array(cap, np.float64),
+            status=cuda.device_array(1, np.int64), per_batch_s=None, step_done=0, active=True)
+        self._active = s
+        return s
+
+    def _upload_perm(self, s, perm):
+        if s.perm_host is None or not np.array_equal(perm, s.perm_host):
+            s.perm_host = np.array(perm, dtype=np.int64)
+            s.perm.copy_to_device(s.perm_host)
+
+    def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, out):
+        """Batches of perm[start:stop]; out[k] = [loss, metric sum]; returns steps applied."""
+        m_ = self.model
+        lay = m_.layout
+        opt = s.optimizer
+        bs = s.batch_size
+        nb = _cdiv(stop - start, bs)
+        n_out = int(lay.sizes[-1])
+        hyper = opt.hyper()
+        self._upload_perm(s, perm)
+        reset_chunk[_cdiv(max(nb, 1), FLAT_THREADS), FLAT_THREADS](s.out, s.sq, s.status)
+        fgrid, fblock = _flat_grid(s.n_trainable)
+        clip = float(clip_norm or 0.0)
+        for b in range(nb):
+            b0 = start + b * bs
+            rows = min(bs, stop - b0)
+            t = int(step) + b + 1
+            self._forward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, lay.n_layers,
+                                 m_._drop, s.seed, t, s.status)
+            self._output_loss(s.bufs, s.Y, s.row_w, s.perm, 1, b0, rows,
+                              _loss_scale(m_._loss_code, rows, n_out), s.out, b, s.status)
+            self._backward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, s.grads,
+                                  s.trainable, s.lowest, m_._drop, s.seed, t, 0, s.status)
+            if clip > 0.0:
+                grad_sq_sum[fgrid, fblock](s.grads, s.ranges, s.n_trainable, s.sq, b, s.status)
+            bias1 = bias2_sqrt = 1.0
+            if opt.code == m.ADAM:
+                bias1 = 1.0 - float(hyper[0]) ** t
+                bias2_sqrt = math.sqrt(1.0 - float(hyper[1]) ** t)
+            update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
+                                  s.n_trainable, float(lrs[b]), bias1, bias2_sqrt, clip, s.sq,
+                                  s.out, b, s.status)
+        res = s.out[:nb].copy_to_host()
+        out[:nb] = res
+        bad = np.flatnonzero(~np.isfinite(res[:, 0]))
+        return int(bad[0]) if bad.size else nb
+
+    def end_fit(self, s):
+        """Copy parameters and optimizer state back to the host (safe to call twice)."""
+        self.model._params[:] = s.params.copy_to_host()
+        if s.state.shape[0]:
+            s.state[:] = s.dev_state.copy_to_host()
+        s.active = False
+        if self._active is s:
+            self._active = None
+
+    def sync_params(self, s):
+        """Make model._params current."""
+        self.model._params[:] = s.params.copy_to_host()
+
+    def snapshot(self, s):
+        snap = cuda.device_array_like(s.params)
+        snap.copy_to_device(s.params)
+        return snap
+
+    def restore(self, s, snapshot):
+        s.params.copy_to_device(snapshot)
+        self.model._params[:] = snapshot.copy_to_host()
+
+    def params_changed(self):
+        """set_weights/reset during a fit (a callback): the device copy follows the host."""
+        s = self._active
+        if s is not None and s.active:
+            s.params.copy_to_device(self.model._params)
+
+    # -- inference and gradients ------------------------------------------------------
+    def forward(self, X, n_layers, pre_activation, out):
+        m_ = self.model
+        lay = m_.layout
+        L = lay.n_layers
+        n = X.shape[0]
+        if n == 0:
+            return out
+        d_params = cuda.to_device(m_._params)
+        rows_cap = min(BLOCK_ROWS, n)
+        bufs = RowBuffers(lay.sizes, rows_cap, m_.dtype, n_layers)
+        no_drop = np.zeros(L)
+        for b0 in range(0, n, rows_cap):
+            rows = min(rows_cap, n - b0)
+            d_X = cuda.to_device(np.ascontiguousarray(X[b0:b0 + rows]))
+            self._forward_layers(d_params, d_X, self._no_perm, 0, 0, rows, bufs, n_layers,
+                                 no_drop, 0, 0, self._no_stop)
+            if pre_activation:
+                src = bufs.Z[n_layers]
+            else:
+                src = bufs.A[n_layers]
+                if n_layers == L:
+                    self._k["output_activation"][_cdiv(rows, ROW_THREADS), ROW_THREADS](
+                        bufs.Z[L], bufs.A[L], rows, int(lay.sizes[L]), int(m_._loss_code))
+            out[b0:b0 + rows] = src[:rows].copy_to_host()
+        return out
+
+    def loss_and_grads(self, X, Y, row_w):
+        """Mean loss over all rows of X and the gradient of every layer; no update."""
+        m_ = self.model
+        lay = m_.layout
+        L = lay.n_layers
+        n = X.shape[0]
+        d_params = cuda.to_device(m_._params)
+        d_X = cuda.to_device(np.ascontiguousarray(X))
+        d_Y = cuda.to_device(np.ascontiguousarray(Y))
+        d_w = cuda.to_device(np.ascontiguousarray(row_w, dtype=np.float64))
+        grads = cuda.device_array(lay.n_params, m_.dtype)
+        d_out = cuda.device_array((1, 2), np.float64)
+        d_sq = cuda.device_array(1, np.float64)
+        status = cuda.device_array(1, np.int64)
+        reset_chunk[1, FLAT_THREADS](d_out, d_sq, status)
+        every = np.ones(L, dtype=bool)
+        no_drop = np.zeros(L)
+        rows_cap = min(BLOCK_ROWS, n)
+        bufs = RowBuffers(lay.sizes, rows_cap, m_.dtype)
+        scale = _loss_scale(m_._loss_code, n, int(lay.sizes[L]))
+        for b0 in range(0, n, rows_cap):
+            rows = min(rows_cap, n - b0)
+            self._forward_layers(d_params, d_X, self._no_perm, 0, b0, rows, bufs, L, no_drop,
+                                 0, 0, status)
+            self._output_loss(bufs, d_Y, d_w, self._no_perm, 0, b0, rows, scale, d_out, 0,
+                              status)
+            self._backward_layers(d_params, d_X, self._no_perm, 0, b0, rows, bufs, grads,
+                                  every, 0, no_drop, 0, 0, 1 if b0 else 0, status)
+        return float(d_out.copy_to_host()[0, 0]), grads.copy_to_host()
