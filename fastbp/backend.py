@@ -100,6 +100,17 @@ class CPUEngine:
                                s.optimizer.code, s.state, s.hyper, lrs, step, clip_norm,
                                s.blocks, out, m._drop, s.seed)
 
+    def batch_grads(self, s, perm, b0, rows, scale, step, G):
+        """Gradient of one batch into G (data-parallel path); see kernels.cpu.batch_grads."""
+        m, lay, ws = self.model, self.model.layout, s.ws
+        cpu.batch_grads(s.X, s.Y, s.row_w, perm, b0, rows, scale, m._params, lay.sizes,
+                        m._acts, lay.poff, lay.coff, s.trainable, s.lowest, m._loss_code, ws.Z,
+                        ws.A, ws.D, ws.gbuf, ws.tloss, s.blocks, m._drop, s.seed, step, G)
+
+    def apply_update(self, s, G, lr, step, clip_norm):
+        cpu.apply_update(s.optimizer.code, self.model._params, G, s.state, s.hyper, lr, step,
+                         clip_norm, s.blocks)
+
     def end_fit(self, s):
         """Parameters and state live in host memory already; nothing to copy back."""
 

@@ -198,6 +198,8 @@ class ModelCheckpoint(Callback, _Monitor):
     improve ``monitor`` are written.
     """
 
+    rank0_only = True
+
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
         self.path = os.fspath(path)
         self.save_best_only = bool(save_best_only)
@@ -231,6 +233,8 @@ class TerminateOnNaN(Callback):
 
 class CSVLogger(Callback):
     """Append one row per epoch (epoch, then the logs) to a CSV file."""
+
+    rank0_only = True
 
     def __init__(self, path, separator=",", append=False):
         self.path = os.fspath(path)

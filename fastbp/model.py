@@ -7,12 +7,12 @@ import numpy as np
 from . import persistence, training
 from .backend import make_engine, resolve_device, single_threaded_blas
 from .callbacks import Callback
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, DataTypeError
 from .kernels import math as km
 from .optimizers import get_optimizer
 from .progress import Progress
-from .validation import (check_choice, check_dtype, check_positive_int, check_sample_weight,
-                         check_targets, check_X)
+from .validation import (check_choice, check_dtype, check_number, check_positive_int,
+                         check_sample_weight, check_targets, check_X)
 from .workspace import Layout
 
 INITS = ("auto", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
@@ -52,7 +52,12 @@ class MLP:
         if isinstance(activation, str):
             self.activations = [activation] * n_hidden
         else:
-            self.activations = list(activation)
+            try:
+                self.activations = list(activation)
+            except TypeError:
+                raise ConfigError(f"activation must be a name or a list of names, one per "
+                                  f"hidden layer; choose from {sorted(km.ACTIVATIONS)}, got "
+                                  f"{activation!r}") from None
             if len(self.activations) != n_hidden:
                 raise ConfigError(f"activation lists {len(self.activations)} names but the "
                                   f"model has {n_hidden} hidden layers")
@@ -61,8 +66,9 @@ class MLP:
         self.activation = activation
         self.loss = check_choice(loss, "loss", km.LOSSES)
         self.dtype = check_dtype(dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise ConfigError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or seed < 0):
+            raise ConfigError(f"seed must be a non-negative int or None, got {seed!r}")
         self.seed = seed
         self.init = check_choice(init, "init", INITS)
         self.device = resolve_device(device)
@@ -174,7 +180,12 @@ class MLP:
 
     def set_weights(self, weights):
         """Replace every W and b (same layout as get_weights); all checked before any change."""
-        weights = list(weights)
+        try:
+            weights = list(weights)
+        except TypeError:
+            raise DataTypeError(f"set_weights needs a list of arrays [W1, b1, W2, b2, ...] "
+                                f"(as get_weights returns), got {type(weights).__name__}") \
+                from None
         expected = 2 * self.layout.n_layers
         if len(weights) != expected:
             raise DataError(f"set_weights needs {expected} arrays [W1, b1, ...], got "
@@ -184,16 +195,24 @@ class MLP:
             l, is_bias = divmod(i, 2)
             shape = (self.sizes[l + 1],) if is_bias else (self.sizes[l], self.sizes[l + 1])
             name = f"{'b' if is_bias else 'W'}{l + 1}"
-            arr = np.asarray(w)
+            try:
+                arr = np.asarray(w)
+            except (ValueError, TypeError):
+                raise DataError(f"set_weights: {name} is not a rectangular array; pass an "
+                                f"array of shape {shape}") from None
             if arr.dtype.kind not in "fiu":
-                raise DataError(f"set_weights: {name} has dtype {arr.dtype}; a real numeric "
+                raise DataTypeError(f"set_weights: {name} has dtype {arr.dtype}; a real numeric "
                                 f"array is required")
             if arr.shape != shape:
                 raise DataError(f"set_weights: {name} has shape {arr.shape}, expected {shape}")
             if not np.isfinite(arr).all():
                 raise DataError(f"set_weights: {name} contains NaN or infinite values")
             sl = self.layout.b_slice(l) if is_bias else self.layout.w_slice(l)
-            new[sl] = arr.ravel()
+            with np.errstate(over="ignore"):
+                new[sl] = arr.ravel()
+        if not np.isfinite(new).all():   # finite float64 values may overflow float32
+            raise DataError(f"set_weights: some values overflow {self.dtype.name} (|w| too "
+                            f"large); rescale the weights")
         self._params[:] = new
         self._engine_params_changed()
 
@@ -212,7 +231,8 @@ class MLP:
     # ---------------------------------------------------------------------- fit
     def fit(self, X, y, epochs=20, batch_size=64, optimizer="adam", lr=None, shuffle=True,
             verbose=0, validation_split=0.0, validation_data=None, sample_weight=None,
-            class_weight=None, clip_norm=None, callbacks=None, warm_start=False):
+            class_weight=None, clip_norm=None, callbacks=None, warm_start=False, comm=None,
+            sync_every=1):
         """Train by mini-batch backpropagation; returns a :class:`History`.
 
         Parameters
@@ -242,15 +262,45 @@ class MLP:
         warm_start : bool
             Continue the previous fit's optimizer state and step count (weights always
             carry over between fits; ``reset()`` re-initialises them).
+        comm : mpi4py communicator, optional
+            Data-parallel training: each rank passes its own shard and ``batch_size`` rows
+            per rank per step (see :mod:`fastbp.distributed`). Start ranks from identical
+            weights (same ``seed``).
+        sync_every : int
+            With ``comm``: 1 averages gradients every step (equivalent to one process at
+            batch size ranks x batch_size); k > 1 averages parameters every k steps
+            (local SGD, k times fewer messages).
 
         Ctrl-C stops after the compiled chunk in flight, keeping the weights of its last
         step (``history.interrupted`` is then True). A non-finite loss raises
         :class:`fastbp.TrainingDivergedError` and keeps the last finite weights.
         """
-        plan = self._plan_fit(X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
-                              validation_split, validation_data, sample_weight, class_weight,
-                              clip_norm, callbacks, warm_start)
+        coll = None
+        if comm is not None:
+            from .distributed import Collective
+            coll = Collective(comm)
+        error, plan = None, None
+        try:
+            plan = self._plan_fit(X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
+                                  validation_split, validation_data, sample_weight,
+                                  class_weight, clip_norm, callbacks, warm_start, sync_every,
+                                  coll)
+        except (ValueError, TypeError) as e:
+            if coll is None:
+                raise
+            error = e
+        if coll is not None:
+            coll.agree(error)          # every rank raises if any rank's input was bad
+            self._plan_distributed(plan, coll)
         return training.train(self, plan)
+
+    def _plan_distributed(self, plan, coll):
+        """Collective part of planning: shard sizes, global statistics, per-rank seeds."""
+        plan.shard_sizes = [int(c) for c in coll.allgather(plan.X.shape[0])]
+        if self.loss not in CLASSIFICATION:
+            from .distributed import global_ss_tot
+            plan.ss_tot = global_ss_tot(coll, plan.Y)
+        plan.dropout_seed = (plan.dropout_seed + 7919 * coll.rank) % (2 ** 31 - 1)
 
     def partial_fit(self, X, y, batch_size=64, optimizer="adam", lr=None, shuffle=True,
                     sample_weight=None, class_weight=None, clip_norm=None, verbose=0):
@@ -262,27 +312,35 @@ class MLP:
 
     def _plan_fit(self, X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
                   validation_split, validation_data, sample_weight, class_weight, clip_norm,
-                  callbacks, warm_start):
+                  callbacks, warm_start, sync_every=1, coll=None):
         """Validate every argument and the data; nothing about the model changes here."""
+        sync_every = check_positive_int(sync_every, "sync_every")
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         if lr is not None:
-            lr = float(lr)
+            lr = check_number(lr, "lr")
         opt = get_optimizer(optimizer, lr)
         opt = opt.with_lr(opt.lr)   # callbacks may change the rate: never the caller's object
         Progress(verbose, epochs, 1)  # validates ``verbose``
         if clip_norm is not None:
-            clip_norm = float(clip_norm)
+            clip_norm = check_number(clip_norm, "clip_norm")
             if not clip_norm > 0:
                 raise ConfigError(f"clip_norm must be positive or None, got {clip_norm!r}")
-        callbacks = list(callbacks or [])
+        if isinstance(callbacks, Callback):
+            raise ConfigError("callbacks must be a list of Callback instances; wrap the "
+                              "single callback in a list: callbacks=[cb]")
+        try:
+            callbacks = list(callbacks or [])
+        except TypeError:
+            raise ConfigError(f"callbacks must be a list of Callback instances, got "
+                              f"{type(callbacks).__name__}") from None
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise ConfigError(f"callbacks must be fastbp.callbacks.Callback instances, "
                                   f"got {type(cb).__name__}")
         if not self._trainable.any():
             raise ConfigError("every layer is frozen; unfreeze at least one layer to train")
-        vs = float(validation_split)
+        vs = check_number(validation_split, "validation_split")
         if not 0.0 <= vs < 1.0:
             raise ConfigError(f"validation_split must be in [0, 1), got {validation_split!r}")
 
@@ -314,7 +372,8 @@ class MLP:
             X=Xc, Y=Y, row_w=row_w, optimizer=opt, state=state, step=step, epochs=epochs,
             batch_size=batch_size, shuffle=bool(shuffle), verbose=verbose,
             clip_norm=clip_norm or 0.0, callbacks=callbacks, validation=validation,
-            ss_tot=ss_tot, dropout_seed=int(self._rng.integers(0, 2 ** 31 - 1)))
+            ss_tot=ss_tot, dropout_seed=int(self._rng.integers(0, 2 ** 31 - 1)),
+            coll=coll, sync_every=sync_every, shard_sizes=None)
 
     def _validation_arrays(self, validation_data):
         try:

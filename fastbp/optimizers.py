@@ -4,28 +4,36 @@ An optimizer object holds hyperparameters only. ``init_state(n_params, dtype)`` 
 flat state slots; the compiled kernel applies ``update`` in place over the flat parameter
 vector (see ``kernels/math.py`` for the per-element rules).
 """
+import numbers
+
 import numpy as np
 
 from .errors import ConfigError
 from .kernels import math as km
 
 
+def _number(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
 def _positive(name, value):
-    value = float(value)
+    value = _number(name, value)
     if not np.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
     return value
 
 
 def _non_negative(name, value):
-    value = float(value)
+    value = _number(name, value)
     if not np.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     return value
 
 
 def _unit(name, value):
-    value = float(value)
+    value = _number(name, value)
     if not (0.0 <= value < 1.0):
         raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
     return value
@@ -106,6 +114,8 @@ class Adam(Optimizer):
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(lr)
         try:
+            if isinstance(betas, str):
+                raise TypeError
             b1, b2 = betas
         except (TypeError, ValueError):
             raise ConfigError(f"betas must be a pair (beta1, beta2), got {betas!r}") from None

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from . import distributed
 from .backend import single_threaded_blas
 from .callbacks import History, LearningRateScheduler, TerminateOnNaN
 from .errors import TrainingDivergedError
@@ -46,6 +47,10 @@ def train(model, plan):
                           samples=plan.X.shape[0], validation_samples=(
                               0 if plan.validation is None else plan.validation[0].shape[0]))
     callbacks = [cb for cb in plan.callbacks if not isinstance(cb, TerminateOnNaN)]
+    if plan.coll is not None and plan.coll.rank != 0:
+        # Rank 0 alone writes checkpoints and logs; decisions (early stopping, rate changes)
+        # run on every rank from the same reduced logs, so the ranks stay in step.
+        callbacks = [cb for cb in callbacks if not getattr(cb, "rank0_only", False)]
     callbacks += [TerminateOnNaN()]   # always on, and last: it sees the complete logs
     for cb in [history] + callbacks:
         cb.set_model(model)
@@ -57,11 +62,15 @@ def train(model, plan):
     model.optimizer = opt
     model.stop_training = False
     n = plan.X.shape[0]
-    progress = Progress(plan.verbose, plan.epochs, n)
+    quiet = plan.coll is not None and plan.coll.rank != 0
+    progress = Progress(0 if quiet else plan.verbose, plan.epochs, n)
     with single_threaded_blas():
         session = model._engine.begin_fit(plan.X, plan.Y, plan.row_w, opt, plan.state,
                                           plan.batch_size, plan.dropout_seed)
         session.step_done = plan.step
+        session.last_lr = opt.lr
+        if plan.coll is not None:
+            session.G = np.zeros(model.n_params + 2, dtype=model.dtype)
         try:
             for cb in callbacks:
                 cb.on_train_begin({})
@@ -89,17 +98,49 @@ def train(model, plan):
 
 
 def _run_epoch(model, plan, session, epoch, callbacks, progress, step_schedule):
-    opt, n, bs = plan.optimizer, plan.X.shape[0], plan.batch_size
+    n = plan.X.shape[0]
     for cb in callbacks:
         cb.on_epoch_begin(epoch, {})
     perm = model._rng.permutation(n) if plan.shuffle else np.arange(n)
     perm = perm.astype(np.int64)
     snapshot = model._engine.snapshot(session)
+    t0 = time.perf_counter()
+    if plan.coll is None:
+        sums = _local_chunks(model, plan, session, perm, callbacks, progress, step_schedule)
+    else:
+        sums = distributed.run_epoch(model, plan, session, perm, callbacks, progress,
+                                     step_schedule)
+    if sums is None:
+        _diverged(model, session, snapshot, epoch, session.bad_loss)
+    loss_sum, metric_sum, n_rows = sums
+    elapsed = time.perf_counter() - t0
+    logs = {"loss": loss_sum / n_rows}
+    metric = model._metric_name()
+    if metric == "r2":
+        logs["r2"] = 1.0 - metric_sum / plan.ss_tot if plan.ss_tot > 0 else 0.0
+    else:
+        logs["accuracy"] = metric_sum / n_rows
+    if plan.validation is not None:
+        model._engine.sync_params(session)
+        if plan.coll is None:
+            res = model._evaluate_arrays(*plan.validation)
+        else:
+            res = distributed.reduced_evaluate(model, plan.coll, *plan.validation)
+        logs["val_loss"] = res["loss"]
+        logs["val_" + metric] = res[metric]
+    logs["lr"] = session.last_lr
+    logs["samples_per_s"] = n_rows / elapsed if elapsed > 0 else float("inf")
+    if plan.coll is not None:
+        distributed.check_in_sync(plan.coll, model._params, epoch)
+    return logs
+
+
+def _local_chunks(model, plan, session, perm, callbacks, progress, step_schedule):
+    """The epoch as chunks of compiled batches; (loss sum, metric sum, rows) or None."""
+    opt, n, bs = plan.optimizer, plan.X.shape[0], plan.batch_size
     out = np.empty((-(-n // bs), 2), dtype=np.float64)    # per batch [loss, metric sum]
     loss_sum = metric_sum = 0.0
-    last_lr = opt.lr
     start, chunk, per_batch_s = 0, 0, session.per_batch_s
-    t0 = time.perf_counter()
     while start < n:
         stop = min(n, start + chunk_batches(per_batch_s) * bs)
         nb = -(-(stop - start) // bs)
@@ -115,30 +156,17 @@ def _run_epoch(model, plan, session, epoch, callbacks, progress, step_schedule):
         loss_sum += float(out[:done, 0] @ rows)
         metric_sum += float(out[:done, 1].sum())
         if done:
-            last_lr = float(lrs[done - 1])
+            session.last_lr = float(lrs[done - 1])
         if done < nb:
-            _diverged(model, session, snapshot, epoch, out[done, 0])
+            session.bad_loss = out[done, 0]
+            return None
         chunk += 1
         progress.chunk(stop, loss_sum / stop)
         for cb in callbacks:
             cb.on_chunk_end(chunk, {"loss": loss_sum / stop})
         start = stop
     session.per_batch_s = per_batch_s
-    elapsed = time.perf_counter() - t0
-    logs = {"loss": loss_sum / n}
-    metric = model._metric_name()
-    if metric == "r2":
-        logs["r2"] = 1.0 - metric_sum / plan.ss_tot if plan.ss_tot > 0 else 0.0
-    else:
-        logs["accuracy"] = metric_sum / n
-    if plan.validation is not None:
-        model._engine.sync_params(session)
-        res = model._evaluate_arrays(*plan.validation)
-        logs["val_loss"] = res["loss"]
-        logs["val_" + metric] = res[metric]
-    logs["lr"] = last_lr
-    logs["samples_per_s"] = n / elapsed if elapsed > 0 else float("inf")
-    return logs
+    return loss_sum, metric_sum, n
 
 
 def _diverged(model, session, snapshot, epoch, bad_loss):

@@ -41,8 +41,10 @@ def _require_finite(arr, name):
         return
     if not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise DataError(f"{name} contains {bad} NaN or infinite value(s); remove or impute "
-                        f"them before calling fastbp")
+        rng = " (values beyond float32's range become inf: rescale them)" \
+            if arr.dtype == np.float32 else ""
+        raise DataError(f"{name} contains {bad} NaN or infinite value(s){rng}; remove or "
+                        f"impute them before calling fastbp")
 
 
 def check_X(X, dtype, n_features=None, name="X"):
@@ -62,7 +64,10 @@ def check_X(X, dtype, n_features=None, name="X"):
     if n_features is not None and arr.shape[1] != n_features:
         raise DataError(f"{name} has {arr.shape[1]} features, but the model expects "
                         f"{n_features} (its sizes[0])")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if not out.flags.aligned:   # a view into a byte buffer: compiled loops want aligned rows
+        out = out.copy()
     _require_finite(out, name)
     return out
 
@@ -80,7 +85,8 @@ def check_targets(y, loss, n_out, n_rows, dtype, name="y"):
                         f"{n_rows}; X and {name} must have the same number of samples")
     if loss == "cross_entropy" and arr.ndim == 1:
         if arr.dtype.kind == "f":
-            if not np.isfinite(arr).all() or np.any(arr != np.round(arr)):
+            _require_finite(arr, name)
+            if np.any(arr != np.round(arr)):
                 raise DataError(f"{name} for cross_entropy must hold integer class ids "
                                 f"0..{n_out - 1} or one-hot rows; got non-integer values")
         elif arr.dtype.kind not in "iub":
@@ -100,11 +106,19 @@ def check_targets(y, loss, n_out, n_rows, dtype, name="y"):
         raise DataError(f"{name} must be 1-D or 2-D, got shape {arr.shape}")
     if arr.shape[1] != n_out:
         kind = "one-hot width" if loss == "cross_entropy" else "number of target columns"
-        raise DataError(f"{name} {kind} is {arr.shape[1]} but the model has {n_out} outputs")
-    Y = np.ascontiguousarray(arr, dtype=dtype)
+        hint = ""
+        if loss == "cross_entropy" and arr.shape[1] == 1:
+            hint = f"; pass class ids as a 1-D array ({name}.ravel())"
+        raise DataError(f"{name} {kind} is {arr.shape[1]} but the model has {n_out} "
+                        f"outputs{hint}")
+    with np.errstate(over="ignore"):
+        Y = np.ascontiguousarray(arr, dtype=dtype)
+    if not Y.flags.aligned:
+        Y = Y.copy()
     _require_finite(Y, name)
     if loss == "binary_cross_entropy" and np.any((Y != 0) & (Y != 1)):
-        raise DataError(f"{name} for binary_cross_entropy must contain only 0 and 1")
+        raise DataError(f"{name} for binary_cross_entropy must contain only 0 and 1 (one "
+                        f"column per output); threshold or encode the targets first")
     if loss == "cross_entropy" and (np.any(Y < 0) or
                                     not np.allclose(Y.sum(axis=1), 1.0, atol=1e-3)):
         raise DataError(f"{name} rows for cross_entropy must be one-hot or probabilities "
@@ -124,6 +138,16 @@ def check_sample_weight(sample_weight, n_rows, name="sample_weight"):
     if np.any(w < 0):
         raise DataError(f"{name} must be non-negative")
     return w
+
+
+def check_number(value, name):
+    """A real number (int, float, NumPy scalar) as a Python float; ConfigError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if value != value:
+        raise ConfigError(f"{name} must be a number, got nan")
+    return value
 
 
 def check_positive_int(value, name):

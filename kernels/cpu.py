@@ -621,3 +621,60 @@ def predict_rows(params, sizes, acts, poff, coff, loss, Zbuf, Abuf, X, out):
         for i in range(rows):
             for j in range(w):
                 out[b0 + i, j] = src[i, j]
+
+
+# ------------------------------------------------- split step (data-parallel training)
+
+@njit(parallel=True, **_jit)
+def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, coff,
+                trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, blocks, drop, seed,
+                step, G):
+    """Gradient of one batch (rows perm[b0:b0+rows]) into G[:P]; G[P] = its scaled loss sum,
+    G[P+1] = its metric sum. ``scale`` is set by the caller (1/global rows for a batch split
+    over processes), so summing G over processes gives the global batch's mean gradient.
+    A process with no rows for this step contributes zeros. Only trainable ranges are written.
+    """
+    P = params.shape[0]
+    B = Zbuf.shape[0] // coff[coff.shape[0] - 1]
+    nblocks = blocks.shape[0]
+    if rows == 0:
+        for bi in prange(nblocks):
+            for i in range(blocks[bi, 0], blocks[bi, 1]):
+                G[i] = 0
+        G[P] = 0.0
+        G[P + 1] = 0.0
+        return
+    nt = n_slices(rows, gbuf.shape[0])
+    for t in prange(nt):
+        r0 = t * rows // nt
+        r1 = (t + 1) * rows // nt
+        slice_loss_grad(X, Y, row_w, perm, b0, r0, r1, scale, params, sizes, acts, poff, coff,
+                        trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[t], drop, seed, step,
+                        tloss[t])
+    for bi in prange(nblocks):
+        for i in range(blocks[bi, 0], blocks[bi, 1]):
+            G[i] = summed_grad(gbuf, nt, i)
+    total = 0.0
+    metric = 0.0
+    for t in range(nt):
+        total += tloss[t, 0]
+        metric += tloss[t, 1]
+    G[P] = total
+    G[P + 1] = metric
+
+
+@njit(parallel=True, **_jit)
+def apply_update(opt, params, G, state, hyper, lr, step, clip_norm, blocks):
+    """One optimizer step from the flat gradient G[:P] (e.g. after an allreduce)."""
+    P = params.shape[0]
+    G2 = G[:P].reshape(1, P)
+    nblocks = blocks.shape[0]
+    gscale = 1.0
+    if clip_norm > 0.0:
+        sq = 0.0
+        for bi in prange(nblocks):
+            sq += grad_sq_range(G2, 1, blocks[bi, 0], blocks[bi, 1])
+        gscale = min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+    for bi in prange(nblocks):
+        update_range(opt, params, G2, 1, gscale, state, hyper, lr, step, blocks[bi, 0],
+                     blocks[bi, 1])

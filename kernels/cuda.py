@@ -30,7 +30,7 @@ the CPU kernels.
 import math
 
 import numpy as np
-from numba import cuda
+from numba import config, cuda
 
 from . import math as m
 
@@ -41,7 +41,24 @@ FLAT_THREADS = 256      # threads per block of the flat-vector kernels (power of
 FLAT_MAX_BLOCKS = 1024  # grid-stride cap of the flat-vector kernels
 BLOCK_ROWS = 65536      # rows per block of inference and of loss_and_grads
 
-_dev = m.compile_with(cuda.jit(device=True))
+if config.ENABLE_CUDASIM:
+    # The simulator runs every thread as a Python thread: small blocks keep the tests fast,
+    # and tiles smaller than the test layers exercise the multi-tile paths. Same code.
+    TILE = 4
+    ROW_THREADS = 8
+    FLAT_THREADS = 16
+TILE_PAD = TILE + 1     # shared tiles are padded by a column against bank conflicts
+
+_scalar = m.compile_with(cuda.jit(device=True))
+activate = _scalar.activate
+activate_grad = _scalar.activate_grad
+pointwise_loss = _scalar.pointwise_loss
+pointwise_loss_grad = _scalar.pointwise_loss_grad
+output_activate = _scalar.output_activate
+sgd_step = _scalar.sgd_step
+adam_step = _scalar.adam_step
+rmsprop_step = _scalar.rmsprop_step
+dropout_keep = _scalar.dropout_keep
 
 
 # ------------------------------------------------------------------ device helpers
@@ -155,21 +172,21 @@ def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_s
         g = grads[i] * gscale
         if opt == m.SGD:
             if hyper[0] != 0.0:
-                params[i], state[0, i] = _dev.sgd_step(params[i], g, state[0, i], lr, hyper[0],
+                params[i], state[0, i] = sgd_step(params[i], g, state[0, i], lr, hyper[0],
                                                        hyper[1], hyper[2])
             else:
-                params[i], _ = _dev.sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
+                params[i], _ = sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
         elif opt == m.ADAM:
-            params[i], state[0, i], state[1, i] = _dev.adam_step(
+            params[i], state[0, i], state[1, i] = adam_step(
                 params[i], g, state[0, i], state[1, i], lr, hyper[0], hyper[1], hyper[2],
                 hyper[3], hyper[4], bias1, bias2_sqrt)
         else:  # RMSPROP
             if hyper[2] > 0.0:
-                params[i], state[0, i], state[1, i] = _dev.rmsprop_step(
+                params[i], state[0, i], state[1, i] = rmsprop_step(
                     params[i], g, state[0, i], state[1, i], lr, hyper[0], hyper[1], hyper[2],
                     hyper[3])
             else:
-                params[i], state[0, i], _ = _dev.rmsprop_step(
+                params[i], state[0, i], _ = rmsprop_step(
                     params[i], g, state[0, i], 0.0, lr, hyper[0], hyper[1], 0.0, hyper[3])
 
 
@@ -188,8 +205,8 @@ def _build(ft):
         """
         if status[0] != 0:
             return
-        As = cuda.shared.array((TILE, TILE + 1), ft)
-        Ws = cuda.shared.array((TILE, TILE + 1), ft)
+        As = cuda.shared.array((TILE, TILE_PAD), ft)
+        Ws = cuda.shared.array((TILE, TILE_PAD), ft)
         ty = cuda.threadIdx.y
         tx = cuda.threadIdx.x
         r = cuda.blockIdx.y * TILE + ty
@@ -220,9 +237,9 @@ def _build(ft):
             Z[r, c] = acc
             if hidden != 0:
                 if rate == 0.0:
-                    A[r, c] = _dev.activate(act, acc)
-                elif _dev.dropout_keep(seed, step, layer, np.int64(r), np.int64(c), rate):
-                    A[r, c] = _dev.activate(act, acc) * (1.0 / (1.0 - rate))
+                    A[r, c] = activate(act, acc)
+                elif dropout_keep(seed, step, layer, np.int64(r), np.int64(c), rate):
+                    A[r, c] = activate(act, acc) * (1.0 / (1.0 - rate))
                 else:
                     A[r, c] = ft(0.0)
 
@@ -232,8 +249,8 @@ def _build(ft):
         """Dp = (D @ W^T) * f'(Zp), and the dropout mask/scale of layer ``layer`` (below)."""
         if status[0] != 0:
             return
-        Ds = cuda.shared.array((TILE, TILE + 1), ft)
-        Ws = cuda.shared.array((TILE, TILE + 1), ft)
+        Ds = cuda.shared.array((TILE, TILE_PAD), ft)
+        Ws = cuda.shared.array((TILE, TILE_PAD), ft)
         ty = cuda.threadIdx.y
         tx = cuda.threadIdx.x
         r = cuda.blockIdx.y * TILE + ty
@@ -257,10 +274,10 @@ def _build(ft):
         if r < rows and i < n_in:
             z = Zp[r, i]
             if rate == 0.0:
-                Dp[r, i] = acc * _dev.activate_grad(act, z, Ap[r, i])
-            elif _dev.dropout_keep(seed, step, layer, np.int64(r), np.int64(i), rate):
+                Dp[r, i] = acc * activate_grad(act, z, Ap[r, i])
+            elif dropout_keep(seed, step, layer, np.int64(r), np.int64(i), rate):
                 # Ap holds the dropped, rescaled value: recompute f(z) for the derivative.
-                Dp[r, i] = acc * (_dev.activate_grad(act, z, _dev.activate(act, z))
+                Dp[r, i] = acc * (activate_grad(act, z, activate(act, z))
                                   * (1.0 / (1.0 - rate)))
             else:
                 Dp[r, i] = ft(0.0)
@@ -271,8 +288,8 @@ def _build(ft):
         """[gW; gb] = [Ain, 1]^T @ D into the layer's slab of ``grads`` (= or +=)."""
         if status[0] != 0:
             return
-        As = cuda.shared.array((TILE, TILE + 1), ft)
-        Ds = cuda.shared.array((TILE, TILE + 1), ft)
+        As = cuda.shared.array((TILE, TILE_PAD), ft)
+        Ds = cuda.shared.array((TILE, TILE_PAD), ft)
         ty = cuda.threadIdx.y
         tx = cuda.threadIdx.x
         i = cuda.blockIdx.y * TILE + ty       # input unit (n_in: the bias row)
@@ -345,8 +362,8 @@ def _build(ft):
                     D[r, j] = w * (a * ysum - Y[s, j])
             else:
                 for j in range(n_out):
-                    li += _dev.pointwise_loss(loss, Z[r, j], Y[s, j])
-                    D[r, j] = w * _dev.pointwise_loss_grad(loss, Z[r, j], Y[s, j])
+                    li += pointwise_loss(loss, Z[r, j], Y[s, j])
+                    D[r, j] = w * pointwise_loss_grad(loss, Z[r, j], Y[s, j])
             total = w * li
         lbuf[t] = total
         mbuf[t] = metric
@@ -376,7 +393,7 @@ def _build(ft):
                 A[r, j] *= inv
         else:
             for j in range(n_out):
-                A[r, j] = _dev.output_activate(loss, Z[r, j])
+                A[r, j] = output_activate(loss, Z[r, j])
 
     return dict(dense_forward=dense_forward, dense_input_delta=dense_input_delta,
                 dense_weight_grad=dense_weight_grad, output_loss=output_loss,
@@ -534,7 +551,8 @@ class CudaEngine:
                                                            m_.dtype),
             perm=cuda.device_array(n, np.int64), perm_host=None,
             out=cuda.device_array((cap, 2), np.float64), sq=cuda.device_array(cap, np.float64),
-            status=cuda.device_array(1, np.int64), per_batch_s=None, step_done=0, active=True)
+            status=cuda.to_device(np.zeros(1, np.int64)), per_batch_s=None, step_done=0,
+            active=True)
         self._active = s
         return s
 

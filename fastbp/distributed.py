@@ -1,0 +1,223 @@
+"""Data-parallel training over MPI (mpi4py), as Horovod does it.
+
+Each process (rank) trains on its own shard. ``sync_every=1`` (default): after each step's
+backward pass the flat gradient vector (plus the batch loss and metric, appended) is summed
+across ranks by ONE in-place Allreduce. Each rank scales its rows by 1/(global batch rows),
+so the sum is the mean gradient of the global batch, and every rank applies the identical
+update. N ranks at per-rank batch b thus follow one process at batch N*b on the same rows.
+``sync_every=k`` > 1 is local SGD: ranks take k independent compiled steps, then average
+their parameters with one Allreduce.
+
+Ranks agree on the steps per epoch (the largest shard sets it; a rank that has run out of
+rows contributes zeros), so uneven shards never leave a rank waiting. Weights are checked
+for drift with a checksum every epoch. Rank 0 alone writes checkpoints, logs and progress.
+Validation metrics are reduced across ranks. mpi4py is imported only when a communicator
+is passed.
+"""
+import math
+import time
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+class DistributedError(RuntimeError):
+    """Ranks disagree: one failed, or their weights drifted apart."""
+
+
+class Collective:
+    """The few collective operations fit needs, over an mpi4py communicator."""
+
+    def __init__(self, comm):
+        for attr in ("Allreduce", "allgather", "Get_rank", "Get_size"):
+            if not hasattr(comm, attr):
+                raise ConfigError("comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD); "
+                                  "install the 'mpi' extra: pip install 'fastbp[mpi]'")
+        from mpi4py import MPI
+        self.MPI = MPI
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+
+    def agree(self, error):
+        """Collective: raise on every rank when any rank failed (``error`` is its exception)."""
+        reports = self.comm.allgather(None if error is None else f"rank {self.rank}: {error}")
+        if error is not None:
+            raise error
+        failed = [r for r in reports if r]
+        if failed:
+            raise DistributedError(f"another rank failed, so this one stops too: {failed[0]}")
+
+    def sum_(self, arr):
+        """In-place sum across ranks."""
+        self.comm.Allreduce(self.MPI.IN_PLACE, arr, op=self.MPI.SUM)
+        return arr
+
+    def allgather(self, value):
+        return self.comm.allgather(value)
+
+
+def global_ss_tot(coll, Y):
+    """Total sum of squares of all ranks' targets (for the training R^2)."""
+    s = np.array([Y.shape[0]] + list(Y.sum(0)) + list((Y.astype(np.float64) ** 2).sum(0)),
+                 dtype=np.float64)
+    coll.sum_(s)
+    k = Y.shape[1]
+    n, sy, sy2 = s[0], s[1:1 + k], s[1 + k:]
+    return float((sy2 - sy * sy / n).sum())
+
+
+def check_in_sync(coll, params, epoch):
+    """Collective: every rank's parameters must be bitwise identical to rank 0's."""
+    p = params.astype(np.float64, copy=False)
+    idx = np.arange(1, p.size + 1, dtype=np.float64)
+    sums = coll.allgather((float(p.sum()), float(p @ idx)))
+    if any(s != sums[0] for s in sums):
+        raise DistributedError(f"weights drifted apart across ranks after epoch {epoch} "
+                               f"(checksums {sums}); a rank applied a different update")
+
+
+def reduced_evaluate(model, coll, Xv, Yv, wv):
+    """evaluate() over the union of every rank's validation shard."""
+    from .kernels.cpu import loss_sum
+    Z = model._forward(Xv, pre_activation=True)
+    k = Yv.shape[1]
+    if model.is_classifier:
+        if model.loss == "cross_entropy":
+            hits = (Z.argmax(1) == Yv.argmax(1)).astype(np.float64)
+        else:
+            hits = ((Z >= 0) == (Yv >= 0.5)).mean(axis=1)
+        s = np.array([loss_sum(Z, Z, Yv, wv, model._loss_code), wv.sum(), (hits * wv).sum(),
+                      Xv.shape[0]], dtype=np.float64)
+        coll.sum_(s)
+        return {"loss": s[0] / s[3], "accuracy": s[2] / s[1]}
+    w = wv[:, None]
+    s = np.concatenate([[loss_sum(Z, Z, Yv, wv, model._loss_code), Xv.shape[0], wv.sum()],
+                        (w * Yv).sum(0), (w * Yv.astype(np.float64) ** 2).sum(0),
+                        (w * (Z - Yv) ** 2).sum(0),
+                        [(np.abs(Z - Yv).mean(1) * wv).sum()]]).astype(np.float64)
+    coll.sum_(s)
+    sw, swy, swy2, ss_res = s[2], s[3:3 + k], s[3 + k:3 + 2 * k], s[3 + 2 * k:3 + 3 * k]
+    ss_tot = swy2 - swy * swy / sw
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, 0.0)
+    return {"loss": s[0] / s[1], "r2": float(r2.mean()), "mae": s[-1] / sw}
+
+
+def _rows_at(counts, b0, bs):
+    return [max(0, min(bs, c - b0)) for c in counts]
+
+
+def run_epoch(model, plan, session, perm, callbacks, progress, step_schedule):
+    """One distributed epoch; returns (loss sum over global rows, metric sum, global rows)."""
+    if plan.sync_every == 1:
+        return _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress,
+                                      step_schedule)
+    return _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_schedule)
+
+
+def _lr(plan, step_schedule, step):
+    if step_schedule is None:
+        return plan.optimizer.lr
+    return float(step_schedule(np.array([step]))[0])
+
+
+def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step_schedule):
+    coll, eng, bs = plan.coll, model._engine, plan.batch_size
+    counts = plan.shard_sizes
+    n_local = plan.X.shape[0]
+    P = model.n_params
+    G = session.G
+    steps = max(-(-c // bs) for c in counts)
+    per_elem = model.loss != "cross_entropy"
+    loss_sum = metric_sum = 0.0
+    last = time.perf_counter()
+    for k in range(steps):
+        b0 = k * bs
+        rows = max(0, min(bs, n_local - b0))
+        rows_g = sum(_rows_at(counts, b0, bs))
+        scale = 1.0 / (rows_g * (model.n_outputs if per_elem else 1))
+        step = session.step_done + 1
+        eng.batch_grads(session, perm, b0, rows, scale, step, G)
+        coll.sum_(G)
+        batch_loss = float(G[P])
+        if not math.isfinite(batch_loss):
+            session.bad_loss = batch_loss
+            return None
+        eng.apply_update(session, G, _lr(plan, step_schedule, step), step, plan.clip_norm)
+        session.step_done = step
+        session.last_lr = _lr(plan, step_schedule, step)
+        loss_sum += batch_loss * rows_g
+        metric_sum += float(G[P + 1])
+        now = time.perf_counter()
+        if now - last > 0.15:
+            last = now
+            progress.chunk(min(n_local, b0 + bs), loss_sum / max(1, sum(
+                min(c, b0 + bs) for c in counts)))
+            for cb in callbacks:
+                cb.on_chunk_end(k, {"loss": loss_sum})
+    return loss_sum, metric_sum, sum(counts)
+
+
+def _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_schedule):
+    coll, eng, bs, k = plan.coll, model._engine, plan.batch_size, plan.sync_every
+    n_local = plan.X.shape[0]
+    my_batches = -(-n_local // bs)
+    steps = max(-(-c // bs) for c in plan.shard_sizes)
+    out = np.empty((k, 2), dtype=np.float64)
+    acc = np.zeros(2, dtype=np.float64)          # local [loss * rows, metric]
+    for s0 in range(0, steps, k):
+        nb = max(0, min(k, my_batches - s0))
+        if nb:
+            start, stop = s0 * bs, min(n_local, (s0 + nb) * bs)
+            steps_arr = np.arange(session.step_done + 1, session.step_done + nb + 1)
+            lrs = (np.asarray(step_schedule(steps_arr), dtype=np.float64)
+                   if step_schedule is not None else np.full(nb, plan.optimizer.lr))
+            done = eng.run_chunk(session, perm, start, stop, lrs, session.step_done,
+                                 plan.clip_norm, out[:nb])
+            if done < nb:
+                session.bad_loss = float(out[done, 0])
+                bad = np.array([1.0])
+            else:
+                bad = np.array([0.0])
+                rows = np.full(nb, bs, dtype=np.float64)
+                rows[-1] = stop - (start + (nb - 1) * bs)
+                acc += [out[:nb, 0] @ rows, out[:nb, 1].sum()]
+            session.step_done += done
+            session.last_lr = float(lrs[max(done - 1, 0)])
+        else:
+            bad = np.array([0.0])
+        coll.sum_(bad)
+        if bad[0]:
+            return None
+        # Average the parameters: one Allreduce, then the same division on every rank.
+        coll.sum_(model._params)
+        model._params /= coll.size
+        progress.chunk(min(n_local, (s0 + k) * bs), acc[0] / max(1, min(n_local, (s0 + k) * bs)))
+    coll.sum_(acc)
+    return acc[0], acc[1], sum(plan.shard_sizes)
+
+
+def cost_model(n_params, batch_per_rank, flops_per_s, n_ranks, link_gbit_s, latency_s=5e-6,
+               bytes_per_param=4, flops_per_sample=None):
+    """Seconds per step: (compute, allreduce) for a ring allreduce of the flat gradient.
+
+    compute = 6 * n_params * batch / flops_per_s (about 6 FLOPs per weight per sample);
+    allreduce = 2 (N-1)/N * n_params * bytes / bandwidth + 2 (N-1) * latency.
+    """
+    fps = flops_per_sample or 6.0 * n_params
+    compute = fps * batch_per_rank / flops_per_s
+    bw = link_gbit_s * 1e9 / 8
+    comm = 2 * (n_ranks - 1) / n_ranks * n_params * bytes_per_param / bw \
+        + 2 * (n_ranks - 1) * latency_s
+    return compute, comm
+
+
+def crossover_batch(n_params, flops_per_s, n_ranks, link_gbit_s, **kw):
+    """Per-rank batch at which compute time equals allreduce time."""
+    compute1, comm = cost_model(n_params, 1, flops_per_s, n_ranks, link_gbit_s, **kw)
+    return comm / compute1
+
+
+__all__ = ["Collective", "DistributedError", "cost_model", "crossover_batch"]
