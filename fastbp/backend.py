@@ -88,7 +88,8 @@ class CPUEngine:
         return FitSession(X=X, Y=Y, row_w=row_w, ws=ws, batch_size=batch_size,
                           optimizer=optimizer, hyper=optimizer.hyper(), state=state,
                           trainable=trainable, lowest=int(np.flatnonzero(trainable)[0]),
-                          blocks=m.layout.update_blocks(trainable), seed=dropout_seed,
+                          blocks=(blocks := m.layout.update_blocks(trainable)),
+                          block_sq=np.zeros(len(blocks)), seed=dropout_seed,
                           per_batch_s=None, step_done=0)
 
     def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, out):
@@ -98,7 +99,7 @@ class CPUEngine:
                                lay.sizes, m._acts, lay.poff, lay.coff, s.trainable, s.lowest,
                                m._loss_code, ws.Z, ws.A, ws.D, ws.gbuf, ws.tloss,
                                s.optimizer.code, s.state, s.hyper, lrs, step, clip_norm,
-                               s.blocks, out, m._drop, s.seed)
+                               s.blocks, s.block_sq, out, m._drop, s.seed)
 
     def batch_grads(self, s, perm, b0, rows, scale, step, G):
         """Gradient of one batch into G (data-parallel path); see kernels.cpu.batch_grads."""
@@ -109,7 +110,7 @@ class CPUEngine:
 
     def apply_update(self, s, G, lr, step, clip_norm):
         cpu.apply_update(s.optimizer.code, self.model._params, G, s.state, s.hyper, lr, step,
-                         clip_norm, s.blocks)
+                         clip_norm, s.blocks, s.block_sq)
 
     def end_fit(self, s):
         """Parameters and state live in host memory already; nothing to copy back."""

@@ -1,7 +1,21 @@
-"""The ``fastbp`` command: demo and info (train/predict/evaluate/bench build on these)."""
+"""The ``fastbp`` command: train, predict, evaluate, bench, demo, info.
+
+    fastbp train DATA --target COLUMN --layers 256,128 --out model.npz
+    fastbp predict model.npz DATA --out preds.csv
+    fastbp evaluate model.npz DATA --target COLUMN
+
+DATA is .csv (header row), .npy (2-D; columns named 0, 1, ...), .npz (arrays X and y) or
+.parquet (needs pyarrow). Errors print one line to stderr and exit with status 1 (usage
+errors: 2).
+"""
 import argparse
+import importlib.util
+import json
+import math
+import os
 import sys
 import time
+from pathlib import Path
 
 
 def cmd_demo(args):
@@ -59,10 +73,399 @@ def cmd_info(args):
     return 0
 
 
+# --------------------------------------------------------------------- train/predict
+META_KEY = "cli_meta"
+CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
+LOSS_CHOICES = ("auto", "cross_entropy", "binary_cross_entropy", "mse", "mae", "huber")
+MAX_AUTO_CLASSES = 20
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def _labels_as_strings(col):
+    """Class labels as strings: integer-valued numbers lose their '.0'."""
+    import numpy as np
+    if col.dtype.kind in "fiub":
+        v = col.astype(np.float64)
+        if np.all(v == np.round(v)):
+            return np.array([str(int(x)) for x in v])
+        return np.array([repr(float(x)) for x in v])
+    return col.astype(str)
+
+
+def _sorted_classes(col):
+    import numpy as np
+    if col.dtype.kind in "fiub":
+        uniq = np.unique(col.astype(np.float64))
+        return list(_labels_as_strings(uniq))
+    return sorted(set(col.astype(str)))
+
+
+def _choose_loss(loss, y):
+    import numpy as np
+    if loss != "auto":
+        return loss, f"loss: {loss}"
+    if y.dtype.kind not in "fiub":
+        return "cross_entropy", "loss: cross_entropy (auto: the target is not numeric)"
+    v = y.astype(np.float64)
+    n_unique = len(np.unique(v))
+    if np.all(v == np.round(v)) and n_unique <= MAX_AUTO_CLASSES:
+        return "cross_entropy", (f"loss: cross_entropy (auto: {n_unique} integer classes; "
+                                 f"pass --loss mse for regression)")
+    return "mse", "loss: mse (auto: numeric target; pass --loss cross_entropy to classify)"
+
+
+def _target(table, name):
+    """The target column: ``name`` from the table, or an .npz file's ``y``."""
+    if name is None:
+        if table.y is not None:
+            return table.y, "y", []
+        raise CLIError(f"{table.path}: pass --target COLUMN (columns: "
+                       f"{', '.join(table.names[:12])})")
+    if name not in table.names and table.y is not None and name == "y":
+        return table.y, "y", []
+    return table.column(name), name, [name]
+
+
+def _encode(y, loss, classes=None):
+    """Targets for the model: class ids (with the class list) or float values."""
+    import numpy as np
+    if loss in CLASSIFICATION_LOSSES:
+        if y.ndim != 1:
+            raise CLIError("classification needs a single target column")
+        labels = _labels_as_strings(y)
+        if classes is None:
+            classes = _sorted_classes(y)
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise CLIError(f"target has label(s) {unknown[:10]} that the model does not know "
+                           f"(its classes: {classes[:20]})")
+        ids = np.array([index[s] for s in labels], dtype=np.int64)
+        if loss == "binary_cross_entropy":
+            if len(classes) != 2:
+                raise CLIError(f"binary_cross_entropy needs exactly 2 classes, the target has "
+                               f"{len(classes)}; use --loss cross_entropy")
+            return ids.astype(np.float64).reshape(-1, 1), classes
+        return ids, classes
+    if y.dtype.kind not in "fiub":
+        raise CLIError(f"a regression target must be numeric; use --loss cross_entropy for "
+                       f"class labels")
+    y = y.astype(np.float64)
+    if not np.isfinite(y).all():
+        raise CLIError("the target has missing, NaN or infinite values")
+    return y, None
+
+
+def _fold_standardization(net, mean, scale):
+    """Make the first layer take raw inputs: W' = W / s (per input row), b' = b - (m/s) W."""
+    weights = net.get_weights()
+    W, b = weights[0].astype("float64"), weights[1].astype("float64")
+    weights[0] = W / scale[:, None]
+    weights[1] = b - (mean / scale) @ W
+    net.set_weights(weights)
+
+
+def _save_with_meta(net, path, meta):
+    """``net.save`` plus a JSON entry the CLI reads back (fastbp.load ignores it)."""
+    import numpy as np
+
+    from .persistence import atomic_write
+    net.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays[META_KEY] = np.array(json.dumps(meta))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_model(path):
+    import numpy as np
+
+    import fastbp
+    net = fastbp.load(path, device="cpu")
+    meta = {}
+    with np.load(path, allow_pickle=False) as z:
+        if META_KEY in z.files:
+            meta = json.loads(str(z[META_KEY]))
+    return net, meta
+
+
+def _model_features(net, meta, table, exclude=()):
+    """The model's input matrix from ``table``: its training columns by name when present,
+    else every column (minus ``exclude``) when their number matches."""
+    names = meta.get("features")
+    if names and all(n in table.names for n in names):
+        X, _ = table.features(names)
+        return X
+    X, used = table.features(exclude=exclude)
+    if X.shape[1] != net.sizes[0]:
+        want = f" ({', '.join(names[:12])})" if names else ""
+        raise CLIError(f"{table.path}: {X.shape[1]} feature column(s), the model expects "
+                       f"{net.sizes[0]}{want}")
+    return X
+
+
+def _metrics_line(res):
+    return ", ".join(f"{k} {v:.4f}" for k, v in res.items())
+
+
+def cmd_train(args):
+    import numpy as np
+
+    import fastbp
+    from .dataio import read_table
+    from .errors import ConfigError
+    if not args.out.endswith(".npz"):
+        raise CLIError(f"--out must name a .npz file, got {args.out!r}")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise CLIError(f"--out: directory {out_dir} does not exist")
+    table = read_table(args.data)
+    y_raw, target, exclude = _target(table, args.target)
+    X, features = table.features(exclude=exclude)
+    loss, loss_note = _choose_loss(args.loss, y_raw)
+    y, classes = _encode(y_raw, loss, None)
+    if loss == "cross_entropy" and len(classes) < 2:
+        raise CLIError(f"target {target!r} has a single class {classes[0]!r}; nothing to learn")
+    n_out = len(classes) if loss == "cross_entropy" else (1 if y.ndim == 1 else y.shape[1])
+
+    rng = np.random.default_rng(args.seed)
+    n = X.shape[0]
+    n_val = int(math.ceil(n * args.val_split)) if args.val_split > 0 else 0
+    if n_val and n - n_val < 1:
+        raise CLIError(f"--val-split {args.val_split} leaves no training rows ({n} rows)")
+    order = rng.permutation(n)
+    tr, va = order[n_val:], order[:n_val]
+
+    mean = np.zeros(X.shape[1])
+    scale = np.ones(X.shape[1])
+    if args.standardize:
+        mean = X[tr].mean(axis=0)
+        scale = X[tr].std(axis=0)
+        scale[scale == 0] = 1.0
+    Xs = (X - mean) / scale
+
+    sizes = [X.shape[1]] + args.layers + [n_out]
+    try:
+        net = fastbp.MLP(sizes, activation=args.activation, loss=loss, seed=args.seed,
+                         device=args.device, dtype=args.dtype)
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    print(f"data: {args.data}: {n} rows, {X.shape[1]} features, target {target!r}"
+          f"{f' ({len(classes)} classes)' if classes else ''}; "
+          f"{len(tr)} train / {len(va)} validation rows")
+    print(loss_note)
+    print(f"model: {net}, {net.n_params:,} parameters")
+    validation = (Xs[va], y[va]) if n_val else None
+    t0 = time.perf_counter()
+    hist = net.fit(Xs[tr], y[tr], epochs=args.epochs, batch_size=args.batch_size,
+                   optimizer=args.optimizer, lr=args.lr, verbose=0 if args.quiet else 2,
+                   validation_data=validation)
+    elapsed = time.perf_counter() - t0
+    note = " (interrupted)" if hist.interrupted else ""
+    print(f"trained {len(hist.epoch)} epoch(s) in {elapsed:.2f} s{note}")
+    print(f"train: {_metrics_line(net.evaluate(Xs[tr], y[tr]))}")
+    if n_val:
+        print(f"validation: {_metrics_line(net.evaluate(Xs[va], y[va]))}")
+    if args.standardize:
+        _fold_standardization(net, mean, scale)
+    meta = dict(features=features, target=target, loss=loss, classes=classes,
+                source=os.path.basename(args.data))
+    _save_with_meta(net, args.out, meta)
+    print(f"saved: {args.out}")
+    return 0
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from .dataio import read_table, write_csv
+    net, meta = _load_model(args.model)
+    table = read_table(args.data)
+    target = meta.get("target")
+    exclude = [target] if target in table.names else []
+    X = _model_features(net, meta, table, exclude=exclude).astype(net.dtype)
+    name = target or "prediction"
+    classes = meta.get("classes")
+    if net.loss in CLASSIFICATION_LOSSES:
+        proba = net.predict_proba(X)
+        if net.loss == "binary_cross_entropy" and proba.shape[1] == 1:
+            proba = np.concatenate([1 - proba, proba], axis=1)
+        k = proba.shape[1]
+        labels = np.array(classes if classes else [str(i) for i in range(k)])
+        if net.loss == "binary_cross_entropy" and not classes and net.n_outputs > 1:
+            header = [f"{name}_{j}" for j in range(k)]
+            columns = [c for c in (proba >= 0.5).astype(int).T]
+        else:
+            header = [name]
+            columns = [labels[np.argmax(proba, axis=1)]]
+        if args.proba:
+            header += [f"p_{c}" for c in labels]
+            columns += list(proba.T)
+    else:
+        pred = net.predict(X).reshape(X.shape[0], -1)
+        header = [name] if pred.shape[1] == 1 else [f"{name}_{j}" for j in range(pred.shape[1])]
+        columns = list(pred.T)
+    write_csv(args.out, header, columns)
+    if args.out not in (None, "-"):
+        print(f"wrote {X.shape[0]} predictions to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args):
+    from .dataio import read_table
+    net, meta = _load_model(args.model)
+    table = read_table(args.data)
+    target = args.target or (meta.get("target") if meta.get("target") in table.names
+                             else None)
+    y_raw, target, exclude = _target(table, target)
+    X = _model_features(net, meta, table, exclude=exclude)
+    classes = meta.get("classes")
+    if net.loss == "cross_entropy" and not classes:
+        classes = [str(i) for i in range(net.n_outputs)]
+    y, _ = _encode(y_raw, net.loss, classes)
+    res = net.evaluate(X, y)
+    print(f"{args.data}: {X.shape[0]} rows, target {target!r}")
+    for k, v in res.items():
+        print(f"{k}: {v:.6f}")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+def find_bench_script():
+    """bench/compare.py of a source checkout: under the current directory, else beside the
+    package's source tree (an editable install). None when neither has it."""
+    import fastbp
+    candidates = [Path.cwd() / "bench" / "compare.py",
+                  Path(fastbp.__file__).resolve().parent.parent / "bench" / "compare.py"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def cmd_bench(argv):
+    script = find_bench_script()
+    if script is None:
+        print("fastbp bench: the comparison harness (bench/compare.py) is part of the source "
+              "repository, not of the installed package. From a checkout of fastbp run\n"
+              "    fastbp bench [--quick] [--shapes narrow,mnist,wide] [--json out.json]\n"
+              "in the repository root, or: python bench/compare.py --help", file=sys.stderr)
+        return 1
+    sys.path.insert(0, str(script.parent))   # compare.py imports its neighbours
+    spec = importlib.util.spec_from_file_location("fastbp_bench_compare", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(argv) or 0)
+
+
+# -------------------------------------------------------------------------- parser
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _fraction(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
+def _layers(text):
+    if text.strip() in ("", "none"):
+        return []
+    try:
+        sizes = [int(t) for t in text.split(",")]
+    except ValueError:
+        sizes = [0]
+    if any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive widths such as "
+                                         f"256,128 (or 'none'), got {text!r}")
+    return sizes
+
+
 def build_parser():
+    from .kernels import math as km
     p = argparse.ArgumentParser(prog="fastbp", description="Fast MLP training by "
                                 "backpropagation (Numba CPU and CUDA kernels).")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train an MLP on a data file and save it (.npz)",
+                       description="Train an MLP on DATA and save it. Features are every "
+                       "column but the target, standardised for training (the scaling is "
+                       "folded into the first layer, so the saved model takes raw inputs).")
+    t.add_argument("data", metavar="DATA", help=".csv (header row), .npy, .npz (X, y) or "
+                   ".parquet")
+    t.add_argument("--target", metavar="COLUMN", help="target column (for .npz: default y; "
+                   "for .npy: a column index)")
+    t.add_argument("--layers", type=_layers, default=[64], metavar="W1,W2,...",
+                   help="hidden layer widths (default 64; 'none' for no hidden layer)")
+    t.add_argument("--activation", default="relu", choices=sorted(km.ACTIVATIONS))
+    t.add_argument("--loss", default="auto", choices=LOSS_CHOICES,
+                   help="auto: cross_entropy for labels or up to 20 integer classes, "
+                   "else mse")
+    t.add_argument("--epochs", type=_positive_int, default=20)
+    t.add_argument("--batch-size", type=_positive_int, default=64)
+    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "rmsprop"])
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: the optimizer's)")
+    t.add_argument("--val-split", type=_fraction, default=0.1,
+                   help="random fraction of rows held out for validation (default 0.1)")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-standardize", dest="standardize", action="store_false",
+                   help="train on the raw feature values")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.add_argument("--out", required=True, metavar="MODEL.npz")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="predict with a saved model, write a CSV",
+                        description="Predict for every row of DATA (the model's feature "
+                        "columns by name when it was trained by 'fastbp train', else all "
+                        "columns).")
+    pr.add_argument("model", metavar="MODEL.npz")
+    pr.add_argument("data", metavar="DATA")
+    pr.add_argument("--out", default="-", metavar="PREDS.csv",
+                    help="output CSV (default: standard output)")
+    pr.add_argument("--proba", action="store_true",
+                    help="add one probability column per class")
+    pr.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="loss and accuracy/R^2 of a saved model on data",
+                        description="Print the loss and accuracy (classification) or R^2 and "
+                        "MAE (regression) of MODEL on DATA.")
+    ev.add_argument("model", metavar="MODEL.npz")
+    ev.add_argument("data", metavar="DATA")
+    ev.add_argument("--target", metavar="COLUMN",
+                    help="target column (default: the training target, or an .npz's y)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    sub.add_parser("bench", help="side-by-side throughput vs PyTorch/scikit-learn/NumPy "
+                   "(runs bench/compare.py of a source checkout; options are passed on)",
+                   add_help=False)
+
     d = sub.add_parser("demo", help="train a digit classifier on scikit-learn's 8x8 digits")
     d.add_argument("--epochs", type=int, default=30)
     d.add_argument("--batch-size", type=int, default=32)
@@ -79,8 +482,23 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from .errors import (ConfigError, DataError, ModelFileError, TrainingDivergedError)
+    try:
+        if argv[:1] == ["bench"]:
+            return cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("fastbp: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ConfigError, DataError, ModelFileError, TrainingDivergedError,
+            FileNotFoundError) as e:
+        print(f"fastbp: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"fastbp: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -555,6 +555,12 @@ class MLP:
         return predict_rows, (self._params, lay.sizes, self._acts, lay.poff, lay.coff,
                               self._loss_code, Z, A)
 
+    def compiled_trainer(self, batch_size=64, optimizer="adam", lr=None, clip_norm=None):
+        """``fn, args`` such that ``loss = fn(*args, x_batch, y_batch)`` runs one training
+        step inside ``@njit`` code; see :func:`fastbp.embedding.compiled_trainer`."""
+        from .embedding import compiled_trainer
+        return compiled_trainer(self, batch_size, optimizer, lr=lr, clip_norm=clip_norm)
+
     def _engine_sync(self):
         hook = getattr(self._engine, "params_to_host", None)
         if hook is not None:

@@ -462,12 +462,30 @@ def grad_sq_range(gbuf, nt, lo, hi):
     return s
 
 
+@njit(parallel=True, **_jit)
+def clip_scale(gbuf, nt, clip_norm, blocks, block_sq):
+    """Factor that clips the summed gradient's global norm to ``clip_norm`` (1 when off).
+
+    torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1. Partial
+    sums go to ``block_sq`` (one per block): a prange reduction would allocate per call.
+    """
+    if clip_norm <= 0.0:
+        return 1.0
+    nblocks = blocks.shape[0]
+    for bi in prange(nblocks):
+        block_sq[bi] = grad_sq_range(gbuf, nt, blocks[bi, 0], blocks[bi, 1])
+    sq = 0.0
+    for bi in range(nblocks):
+        sq += block_sq[bi]
+    return min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+
+
 # ------------------------------------------------------------------ compiled entries
 
 @njit(parallel=True, **_jit)
 def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts, poff, coff,
                 trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, opt, state, hyper,
-                lrs, step, clip_norm, blocks, losses, drop, seed):
+                lrs, step, clip_norm, blocks, block_sq, losses, drop, seed):
     """Train on the mini-batches of ``perm[start:stop]``, one optimizer step each.
 
     Batch k covers perm[start + k*batch_size : ...] (the last may be partial; its loss is
@@ -499,14 +517,7 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
         losses[k, 1] = metric
         if not math.isfinite(total):
             return k
-        gscale = 1.0
-        if clip_norm > 0.0:
-            sq = 0.0
-            for bi in prange(nblocks):
-                sq += grad_sq_range(gbuf, nt, blocks[bi, 0], blocks[bi, 1])
-            norm = math.sqrt(sq)
-            # torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
-            gscale = min(1.0, clip_norm / (norm + 1e-6))
+        gscale = clip_scale(gbuf, nt, clip_norm, blocks, block_sq)
         for bi in prange(nblocks):
             update_range(opt, params, gbuf, nt, gscale, state, hyper, lrs[k], step + k + 1,
                          blocks[bi, 0], blocks[bi, 1])
@@ -664,17 +675,12 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
 
 
 @njit(parallel=True, **_jit)
-def apply_update(opt, params, G, state, hyper, lr, step, clip_norm, blocks):
+def apply_update(opt, params, G, state, hyper, lr, step, clip_norm, blocks, block_sq):
     """One optimizer step from the flat gradient G[:P] (e.g. after an allreduce)."""
     P = params.shape[0]
     G2 = G[:P].reshape(1, P)
     nblocks = blocks.shape[0]
-    gscale = 1.0
-    if clip_norm > 0.0:
-        sq = 0.0
-        for bi in prange(nblocks):
-            sq += grad_sq_range(G2, 1, blocks[bi, 0], blocks[bi, 1])
-        gscale = min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+    gscale = clip_scale(G2, 1, clip_norm, blocks, block_sq)
     for bi in prange(nblocks):
         update_range(opt, params, G2, 1, gscale, state, hyper, lr, step, blocks[bi, 0],
                      blocks[bi, 1])

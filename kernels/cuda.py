@@ -173,7 +173,7 @@ def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_s
         if opt == m.SGD:
             if hyper[0] != 0.0:
                 params[i], state[0, i] = sgd_step(params[i], g, state[0, i], lr, hyper[0],
-                                                       hyper[1], hyper[2])
+                                                  hyper[1], hyper[2])
             else:
                 params[i], _ = sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
         elif opt == m.ADAM:
@@ -411,6 +411,35 @@ def kernels_for(dtype):
     return _KERNELS[dtype]
 
 
+def signatures(dtype):
+    """{name: (kernel, argument types)} of every kernel as the engine launches it.
+
+    Used to compile ahead of time (``cuda.compile_ptx`` needs no GPU) and so to type-check
+    the kernels for the real target, which the simulator does not do.
+    """
+    from numba import types as nt
+    ft = nt.float32 if np.dtype(dtype) == np.float32 else nt.float64
+    i64, f64 = nt.int64, nt.float64
+    F1, F2 = nt.Array(ft, 1, "C"), nt.Array(ft, 2, "C")
+    I1, I2 = nt.Array(i64, 1, "C"), nt.Array(i64, 2, "C")
+    D1, D2 = nt.Array(f64, 1, "C"), nt.Array(f64, 2, "C")
+    k = kernels_for(dtype)
+    return {
+        "dense_forward": (k["dense_forward"], (F2, I1, i64, i64, i64, i64, i64, F1, i64, F2, F2,
+                                               i64, i64, f64, i64, i64, i64, I1)),
+        "dense_input_delta": (k["dense_input_delta"], (F2, i64, i64, i64, F1, i64, F2, F2, i64,
+                                                       f64, i64, i64, i64, F2, I1)),
+        "dense_weight_grad": (k["dense_weight_grad"], (F2, I1, i64, i64, i64, i64, i64, F2, F1,
+                                                       i64, i64, I1)),
+        "output_loss": (k["output_loss"], (F2, F2, D1, I1, i64, i64, i64, i64, i64, f64, F2,
+                                           D2, i64, I1)),
+        "output_activation": (k["output_activation"], (F2, F2, i64, i64, i64)),
+        "update": (update, (i64, F1, F1, F2, D1, I2, i64, f64, f64, f64, f64, D1, D2, i64, I1)),
+        "grad_sq_sum": (grad_sq_sum, (F1, I2, i64, D1, i64, I1)),
+        "reset_chunk": (reset_chunk, (D2, D1, I1)),
+    }
+
+
 # -------------------------------------------------------------------------- launches
 
 def _cdiv(a, b):
@@ -547,7 +576,7 @@ class CudaEngine:
             params=cuda.to_device(m_._params), grads=cuda.device_array(lay.n_params, m_.dtype),
             dev_state=cuda.to_device(np.ascontiguousarray(dev_state)),
             hyper=cuda.to_device(np.asarray(optimizer.hyper(), dtype=np.float64)),
-            ranges=cuda.to_device(ranges), bufs=RowBuffers(lay.sizes, min(batch_size, n),
+            ranges=cuda.to_device(ranges), ranges_host=ranges, bufs=RowBuffers(lay.sizes, min(batch_size, n),
                                                            m_.dtype),
             perm=cuda.device_array(n, np.int64), perm_host=None,
             out=cuda.device_array((cap, 2), np.float64), sq=cuda.device_array(cap, np.float64),
@@ -570,6 +599,9 @@ class CudaEngine:
         nb = _cdiv(stop - start, bs)
         n_out = int(lay.sizes[-1])
         hyper = opt.hyper()
+        if nb > s.out.shape[0]:
+            s.out = cuda.device_array((nb, 2), np.float64)
+            s.sq = cuda.device_array(nb, np.float64)
         self._upload_perm(s, perm)
         reset_chunk[_cdiv(max(nb, 1), FLAT_THREADS), FLAT_THREADS](s.out, s.sq, s.status)
         fgrid, fblock = _flat_grid(s.n_trainable)
@@ -586,10 +618,7 @@ class CudaEngine:
                                   s.trainable, s.lowest, m_._drop, s.seed, t, 0, s.status)
             if clip > 0.0:
                 grad_sq_sum[fgrid, fblock](s.grads, s.ranges, s.n_trainable, s.sq, b, s.status)
-            bias1 = bias2_sqrt = 1.0
-            if opt.code == m.ADAM:
-                bias1 = 1.0 - float(hyper[0]) ** t
-                bias2_sqrt = math.sqrt(1.0 - float(hyper[1]) ** t)
+            bias1, bias2_sqrt = self._adam_bias(opt, t)
             update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
                                   s.n_trainable, float(lrs[b]), bias1, bias2_sqrt, clip, s.sq,
                                   s.out, b, s.status)
@@ -597,6 +626,62 @@ class CudaEngine:
         out[:nb] = res
         bad = np.flatnonzero(~np.isfinite(res[:, 0]))
         return int(bad[0]) if bad.size else nb
+
+    # -- data-parallel steps (fastbp.distributed): gradient out, reduced gradient in -------
+    def _step_buffers(self, s):
+        if getattr(s, "step_out", None) is None:
+            s.step_out = cuda.device_array((1, 2), np.float64)
+            s.step_sq = cuda.device_array(1, np.float64)
+            s.step_status = cuda.device_array(1, np.int64)
+        reset_chunk[1, FLAT_THREADS](s.step_out, s.step_sq, s.step_status)
+
+    def batch_grads(self, s, perm, b0, rows, scale, step, G):
+        """Gradient of batch perm[b0:b0+rows] into G[:P] (trainable spans only), its scaled
+        loss sum into G[P] and metric sum into G[P+1]; as kernels.cpu.batch_grads."""
+        m_ = self.model
+        lay = m_.layout
+        P = lay.n_params
+        spans = s.ranges_host
+        if rows == 0:
+            for a, b in spans:
+                G[a:b] = 0
+            G[P] = G[P + 1] = 0.0
+            return
+        self._upload_perm(s, perm)
+        self._step_buffers(s)
+        self._forward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, lay.n_layers,
+                             m_._drop, s.seed, int(step), s.step_status)
+        self._output_loss(s.bufs, s.Y, s.row_w, s.perm, 1, b0, rows, float(scale), s.step_out,
+                          0, s.step_status)
+        self._backward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, s.grads, s.trainable,
+                              s.lowest, m_._drop, s.seed, int(step), 0, s.step_status)
+        g = s.grads.copy_to_host()
+        for a, b in spans:
+            G[a:b] = g[a:b]
+        G[P], G[P + 1] = s.step_out.copy_to_host()[0]
+
+    def apply_update(self, s, G, lr, step, clip_norm):
+        """One optimizer step from the flat gradient G[:P] (after an allreduce)."""
+        P = self.model.layout.n_params
+        opt = s.optimizer
+        s.grads.copy_to_device(np.ascontiguousarray(G[:P]))
+        self._step_buffers(s)       # a zero loss row: the caller has checked the loss
+        fgrid, fblock = _flat_grid(s.n_trainable)
+        clip = float(clip_norm or 0.0)
+        if clip > 0.0:
+            grad_sq_sum[fgrid, fblock](s.grads, s.ranges, s.n_trainable, s.step_sq, 0,
+                                       s.step_status)
+        bias1, bias2_sqrt = self._adam_bias(opt, int(step))
+        update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
+                              s.n_trainable, float(lr), bias1, bias2_sqrt, clip, s.step_sq,
+                              s.step_out, 0, s.step_status)
+
+    @staticmethod
+    def _adam_bias(opt, t):
+        if opt.code != m.ADAM:
+            return 1.0, 1.0
+        hyper = opt.hyper()
+        return 1.0 - float(hyper[0]) ** t, math.sqrt(1.0 - float(hyper[1]) ** t)
 
     def end_fit(self, s):
         """Copy parameters and optimizer state back to the host (safe to call twice)."""
@@ -619,6 +704,12 @@ class CudaEngine:
     def restore(self, s, snapshot):
         s.params.copy_to_device(snapshot)
         self.model._params[:] = snapshot.copy_to_host()
+
+    def params_to_host(self):
+        """During a fit the device holds the current parameters: bring them to the host."""
+        s = self._active
+        if s is not None and s.active:
+            self.sync_params(s)
 
     def params_changed(self):
         """set_weights/reset during a fit (a callback): the device copy follows the host."""

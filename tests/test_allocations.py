@@ -1,0 +1,119 @@
+"""After warm-up, training makes no heap allocation per mini-batch.
+
+Numba's runtime (NRT) counts its allocations only when NUMBA_NRT_STATS=1 is set before
+numba is imported, so the measurement runs in one child interpreter. Passing arrays into a
+compiled call costs a fixed number of runtime allocations per call (argument boxing); the
+batch loop inside the call must add none. So for each configuration the child measures
+one-epoch fits over 1 batch, N rows and 4N rows, counting the compiled chunk calls with a
+callback, and the allocation count must be exactly (calls x the cost of a 1-batch call).
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+CHILD = textwrap.dedent(r"""
+    import json
+    import sys
+    import numpy as np
+    import fastbp
+    from numba.core.runtime import rtsys
+
+    # Fewest compiled calls per epoch (the chunk size is otherwise timed); the count of
+    # calls is measured below either way.
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("fastbp") and hasattr(mod, "CHUNK_SECONDS"):
+            mod.CHUNK_SECONDS = 1e9
+
+    class CountChunks(fastbp.Callback):
+        def __init__(self):
+            self.calls = 0
+
+        def on_chunk_end(self, chunk, logs=None):
+            self.calls += 1
+
+    def nrt():
+        s = rtsys.get_allocation_stats()
+        return np.array([s.alloc, s.free, s.mi_alloc, s.mi_free])
+
+    def one_epoch(net, X, y, kw):
+        cb = CountChunks()
+        before = nrt()
+        net.fit(X, y, epochs=1, shuffle=True, callbacks=[cb], **kw)
+        d = nrt() - before
+        return dict(alloc=int(d[0]), free=int(d[1]), mi_alloc=int(d[2]), mi_free=int(d[3]),
+                    calls=cb.calls)
+
+    CONFIGS = {
+        "sgd": dict(optimizer="sgd"),
+        "sgd_nesterov_wd": dict(optimizer=fastbp.SGD(lr=0.01, momentum=0.9, nesterov=True,
+                                                     weight_decay=1e-4)),
+        "adam": dict(optimizer="adam"),
+        "adamw": dict(optimizer="adamw"),
+        "rmsprop_momentum": dict(optimizer=fastbp.RMSprop(lr=1e-3, momentum=0.5)),
+        "adam_float64": dict(optimizer="adam", dtype="float64"),
+        "adam_clip_norm": dict(optimizer="adam", clip_norm=1.0),
+    }
+    B, N = 8, 320
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4 * N, 6))
+    y = rng.integers(0, 3, 4 * N)
+    out = {}
+    for name, cfg in CONFIGS.items():
+        cfg = dict(cfg)
+        dtype = cfg.pop("dtype", "float32")
+        kw = dict(cfg, batch_size=B)
+        net = fastbp.MLP([6, 16, 16, 3], dtype=dtype, seed=0, device="cpu")
+        net.fit(X, y, epochs=2, **kw)                       # warm-up: compile/load
+        out[name] = dict(one_batch=one_epoch(net, X[:B], y[:B], kw),
+                         n_rows=one_epoch(net, X[:N], y[:N], kw),
+                         four_n_rows=one_epoch(net, X, y, kw),
+                         batches=[1, N // B, 4 * N // B])
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def nrt_counts():
+    env = dict(os.environ, NUMBA_NRT_STATS="1")
+    proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+CONFIGS = ["sgd", "sgd_nesterov_wd", "adam", "adamw", "rmsprop_momentum", "adam_float64",
+           "adam_clip_norm"]
+
+
+def test_nrt_statistics_are_enabled(nrt_counts):
+    """The measurement can see allocations at all (else the other tests prove nothing)."""
+    one = nrt_counts["adam"]["one_batch"]
+    assert one["calls"] == 1
+    assert one["mi_alloc"] > 0, "NRT statistics are off: NUMBA_NRT_STATS was not honoured"
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_epoch_allocations_do_not_grow_with_batches(nrt_counts, config):
+    r = nrt_counts[config]
+    per_call = r["one_batch"]["alloc"]          # fixed cost of one compiled call
+    per_call_mi = r["one_batch"]["mi_alloc"]
+    assert per_call <= 64, r
+    for key, batches in (("n_rows", r["batches"][1]), ("four_n_rows", r["batches"][2])):
+        got = r[key]
+        assert got["calls"] >= 1
+        assert got["calls"] < batches, "no chunking: the measurement would be meaningless"
+        assert got["alloc"] == got["calls"] * per_call, (
+            f"{config}: {got['alloc']} NRT allocations for {batches} batches in "
+            f"{got['calls']} compiled calls; expected {got['calls']} x {per_call} "
+            f"(the batch loop allocates)")
+        assert got["mi_alloc"] == got["calls"] * per_call_mi, (config, key, got)
+        # Whatever is allocated is released: no leak per epoch.
+        assert got["free"] == got["alloc"] and got["mi_free"] == got["mi_alloc"], got
+    # 4x the batches in the same number of calls costs the same.
+    if r["n_rows"]["calls"] == r["four_n_rows"]["calls"]:
+        assert r["n_rows"]["alloc"] == r["four_n_rows"]["alloc"]
