@@ -120,8 +120,8 @@ def _run_epoch(model, plan, session, epoch, callbacks, progress, step_schedule):
         logs["r2"] = 1.0 - metric_sum / plan.ss_tot if plan.ss_tot > 0 else 0.0
     else:
         logs["accuracy"] = metric_sum / n_rows
+    model._engine.sync_params(session)     # callbacks read and save the epoch's weights
     if plan.validation is not None:
-        model._engine.sync_params(session)
         if plan.coll is None:
             res = model._evaluate_arrays(*plan.validation)
         else:

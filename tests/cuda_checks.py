@@ -1,0 +1,275 @@
+"""CUDA engine against the CPU engine, kernel by kernel and fit by fit.
+
+Not collected by the normal run (the name has no ``test_`` prefix): ``test_cuda.py`` runs
+this module in a subprocess with ``NUMBA_ENABLE_CUDASIM=1`` (the simulator must be switched
+on before numba is imported), and on a real GPU without it. Shapes are tiny because the
+simulator runs every GPU thread as a Python thread.
+"""
+import numpy as np
+import pytest
+from numba import config, cuda
+
+import fastbp
+from fastbp.errors import TrainingDivergedError
+from fastbp.kernels import cpu
+from fastbp.optimizers import SGD, Adam, AdamW, RMSprop
+
+SIM = bool(config.ENABLE_CUDASIM)
+# Simulated, the dropout hash runs on NumPy int64 scalars: its wrap-around is intended.
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                                        "ignore:invalid value encountered:RuntimeWarning")
+N_ROWS, N_IN = 10, 4
+BATCH = 4          # batches of 4, 4 and 2 rows: the last one is partial
+
+
+def _data(loss, n_out, n=N_ROWS, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, N_IN))
+    if loss == "cross_entropy":
+        y = np.arange(n) % n_out
+    elif loss == "binary_cross_entropy":
+        y = (rng.random((n, n_out)) < 0.5).astype(np.float64)
+    else:
+        y = rng.normal(size=(n, n_out))
+    return X, y
+
+
+def _pair(sizes, **kw):
+    """The same model (same seed, same initial weights) on each engine."""
+    cfg = dict(activation="tanh", loss="cross_entropy", dtype="float32", seed=3)
+    cfg.update(kw)
+    return (fastbp.MLP(sizes, device="cpu", **cfg), fastbp.MLP(sizes, device="cuda", **cfg))
+
+
+def _assert_weights_close(a, b, rtol, atol):
+    for i, (wa, wb) in enumerate(zip(a.get_weights(), b.get_weights())):
+        np.testing.assert_allclose(wb, wa, rtol=rtol, atol=atol, err_msg=f"array {i}")
+
+
+def _fit_both(a, b, X, y, rtol=1e-4, atol=1e-6, **fit):
+    fit = dict(dict(epochs=1, batch_size=BATCH, shuffle=False), **fit)
+    ha = a.fit(X, y, **fit).history
+    hb = b.fit(X, y, **fit).history
+    _assert_weights_close(a, b, rtol, atol)
+    for key in ha:
+        if key == "samples_per_s":
+            continue
+        np.testing.assert_allclose(hb[key], ha[key], rtol=rtol, atol=atol, err_msg=key)
+    return ha, hb
+
+
+# ----------------------------------------------------------------------- gradients
+
+GRAD_CASES = [
+    ("tanh", "cross_entropy", [4, 5, 3]),
+    ("relu", "binary_cross_entropy", [4, 6, 5, 2]),
+    ("gelu", "mse", [4, 5, 3]),
+    ("elu", "mae", [4, 5, 2]),
+    ("sigmoid", "huber", [4, 5, 3]),
+    ("leaky_relu", "cross_entropy", [4, 3, 6, 3]),
+    ("identity", "binary_cross_entropy", [4, 1]),
+]
+
+
+@pytest.mark.parametrize("act, loss, sizes", GRAD_CASES)
+def test_loss_and_grads_match_cpu(act, loss, sizes):
+    a, b = _pair(sizes, activation=act, loss=loss, dtype="float64")
+    X, y = _data(loss, sizes[-1])
+    w = np.linspace(0.5, 1.5, N_ROWS)
+    la, ga = a.loss_and_grads(X, y, sample_weight=w)
+    lb, gb = b.loss_and_grads(X, y, sample_weight=w)
+    assert lb == pytest.approx(la, rel=1e-6)
+    for i, (p, q) in enumerate(zip(ga, gb)):
+        np.testing.assert_allclose(q, p, rtol=1e-6, atol=1e-12, err_msg=f"array {i}")
+
+
+# --------------------------------------------------------------------- training
+
+OPTIMIZERS = [
+    SGD(lr=0.1),
+    SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    Adam(lr=0.01),
+    AdamW(lr=0.01, weight_decay=0.1),
+    RMSprop(lr=0.01),
+    RMSprop(lr=0.01, momentum=0.5, weight_decay=1e-3),
+]
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=repr)
+def test_one_epoch_matches_cpu_every_optimizer(opt):
+    a, b = _pair([4, 5, 3], activation="relu")
+    X, y = _data("cross_entropy", 3)
+    _fit_both(a, b, X, y, optimizer=opt)
+
+
+@pytest.mark.parametrize("loss, act", [("binary_cross_entropy", "gelu"), ("mse", "elu"),
+                                       ("mae", "leaky_relu"), ("huber", "sigmoid")])
+def test_one_epoch_matches_cpu_every_loss(loss, act):
+    a, b = _pair([4, 5, 2], activation=act, loss=loss)
+    X, y = _data(loss, 2)
+    _fit_both(a, b, X, y, optimizer="sgd", lr=0.1)
+
+
+def test_dropout_masks_match_cpu():
+    rate, seed, step, b0, rows = 0.4, 123, 7, 2, 6
+    m = fastbp.MLP([4, 6, 3], activation="tanh", dropout=rate, dtype="float64", seed=1,
+                   device="cuda")
+    X, y = _data("cross_entropy", 3)
+    Y = np.eye(3)[y]
+    eng = m._engine
+    s = eng.begin_fit(X, Y, np.ones(N_ROWS), Adam(), np.zeros((2, m.n_params)), 8, seed)
+    perm = np.arange(N_ROWS, dtype=np.int64)[::-1].copy()
+    eng._upload_perm(s, perm)
+    eng._forward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, 2, m._drop, seed, step,
+                        s.status)
+    Z = s.bufs.Z[1].copy_to_host()[:rows]
+    A = s.bufs.A[1].copy_to_host()[:rows]
+    keep = np.array([[cpu.dropout_keep(seed, step, 0, r, c, rate) for c in range(6)]
+                     for r in range(rows)])
+    assert 0 < keep.sum() < keep.size
+    np.testing.assert_array_equal(A != 0, keep)
+    np.testing.assert_allclose(A[keep], np.tanh(Z[keep]) / (1 - rate), rtol=1e-12)
+    # The rows are those of the permutation.
+    W, bias = m.get_weights()[:2]
+    np.testing.assert_allclose(Z, X[perm[b0:b0 + rows]] @ W + bias, rtol=1e-12)
+    eng.end_fit(s)
+
+
+def test_dropout_fit_matches_cpu():
+    a, b = _pair([4, 6, 5, 3], activation="relu", dropout=[0.3, 0.5])
+    X, y = _data("cross_entropy", 3)
+    _fit_both(a, b, X, y, optimizer="adam", lr=0.01, epochs=2, shuffle=True)
+
+
+@pytest.mark.parametrize("frozen", [0, 1])
+def test_frozen_layers(frozen):
+    a, b = _pair([4, 5, 4, 3], activation="tanh")
+    a.freeze(frozen)
+    b.freeze(frozen)
+    before = b.get_weights()
+    X, y = _data("cross_entropy", 3)
+    _fit_both(a, b, X, y, optimizer="adam", lr=0.01)
+    after = b.get_weights()
+    for i in (2 * frozen, 2 * frozen + 1):
+        np.testing.assert_array_equal(after[i], before[i])
+    assert not np.array_equal(after[4], before[4])
+
+
+def test_clip_norm_matches_cpu():
+    a, b = _pair([4, 5, 3], activation="relu")
+    X, y = _data("cross_entropy", 3)
+    _fit_both(a, b, X, y, optimizer="sgd", lr=0.5, clip_norm=0.05)
+
+
+def test_warm_start_carries_optimizer_state():
+    a, b = _pair([4, 5, 3])
+    X, y = _data("cross_entropy", 3)
+    _fit_both(a, b, X, y, optimizer="rmsprop", batch_size=5)
+    for m in (a, b):
+        m.partial_fit(X, y, optimizer="rmsprop", batch_size=5, shuffle=False)
+    np.testing.assert_allclose(b._opt_state, a._opt_state, rtol=1e-4, atol=1e-7)
+    assert a._step == b._step == 4
+    _assert_weights_close(a, b, 1e-4, 1e-6)
+
+
+def test_validation_and_shuffle_match_cpu():
+    a, b = _pair([4, 5, 1], loss="mse")
+    X, y = _data("mse", 1)
+    ha, hb = _fit_both(a, b, X, y[:, 0], optimizer="adam", lr=0.01, epochs=2, shuffle=True,
+                       validation_data=(X[:3], y[:3, 0]))
+    assert "val_loss" in hb
+
+
+def test_non_finite_loss_stops_like_cpu():
+    a, b = _pair([4, 5, 1], loss="mse", activation="identity")
+    X, y = _data("mse", 1)
+    X = X * 1e30      # the squared residuals overflow float32: the first batch's loss is inf
+    start = b.get_weights()
+    for m in (a, b):
+        with pytest.raises(TrainingDivergedError):
+            m.fit(X, y, epochs=1, batch_size=BATCH, optimizer="sgd", lr=0.1)
+    _assert_weights_close(a, b, 0, 0)
+    _assert_weights_close(b, type("M", (), {"get_weights": lambda self: start})(), 0, 0)
+    assert a._step == b._step == 0
+
+
+def test_data_parallel_steps_match_cpu():
+    """batch_grads / apply_update, the engine calls of fastbp.distributed."""
+    a, b = _pair([4, 5, 3], activation="relu", dropout=0.2)
+    a.freeze(0)
+    b.freeze(0)
+    X, y = _data("cross_entropy", 3)
+    Y = np.eye(3, dtype=np.float32)[y]
+    Xc = X.astype(np.float32)
+    perm = np.arange(N_ROWS, dtype=np.int64)[::-1].copy()
+    P = a.n_params
+    results = []
+    for m in (a, b):
+        opt = Adam(lr=0.01)
+        state = opt.init_state(P, m.dtype)
+        s = m._engine.begin_fit(Xc, Y, np.ones(N_ROWS), opt, state, BATCH, 11)
+        G = np.full(P + 2, 7.0, dtype=m.dtype)
+        m._engine.batch_grads(s, perm, 4, 4, 0.25, 1, G)
+        m._engine.apply_update(s, G, 0.01, 1, 0.5)
+        G0 = np.full(P + 2, 7.0, dtype=m.dtype)
+        m._engine.batch_grads(s, perm, 8, 0, 0.25, 2, G0)
+        m._engine.end_fit(s)
+        results.append((G, G0, state))
+    (Ga, G0a, sa), (Gb, G0b, sb) = results
+    np.testing.assert_allclose(Gb, Ga, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(G0b, G0a)
+    np.testing.assert_allclose(sb, sa, rtol=1e-4, atol=1e-9)
+    _assert_weights_close(a, b, 1e-5, 1e-7)
+
+
+# -------------------------------------------------------------------- inference
+
+def test_inference_matches_cpu():
+    a, b = _pair([4, 6, 5, 3], activation="gelu", dtype="float64")
+    X, _ = _data("cross_entropy", 3, n=9)
+    np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-12)
+    np.testing.assert_array_equal(b.predict(X), a.predict(X))
+    np.testing.assert_allclose(b.decision_function(X), a.decision_function(X), rtol=1e-12)
+    for layer in (0, 1):
+        np.testing.assert_allclose(b.transform(X, layer=layer), a.transform(X, layer=layer),
+                                   rtol=1e-12)
+    # Host weights stay authoritative outside a fit.
+    new = [w * 0.5 for w in a.get_weights()]
+    a.set_weights(new)
+    b.set_weights(new)
+    np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-12)
+
+
+def test_trained_on_cuda_loads_on_cpu(tmp_path):
+    X, y = _data("binary_cross_entropy", 2)
+    b = fastbp.MLP([4, 5, 2], loss="binary_cross_entropy", seed=5, device="cuda")
+    b.fit(X, y, epochs=1, batch_size=BATCH, optimizer="adam", lr=0.05)
+    path = tmp_path / "m.npz"
+    b.save(path)
+    c = fastbp.load(path, device="cpu")
+    assert c.device == "cpu"
+    np.testing.assert_allclose(c.predict_proba(X), b.predict_proba(X), rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(c.predict(X), b.predict(X))
+
+
+# ------------------------------------------------------ real GPU only (too slow simulated)
+
+@pytest.mark.skipif(SIM, reason="wide layers are too slow under the simulator")
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 2e-3)])
+def test_wide_layers_match_cpu(dtype, rtol):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1000, 70))
+    y = rng.integers(0, 10, 1000)
+    cfg = dict(activation="relu", dtype=dtype, seed=2, dropout=0.1)
+    a = fastbp.MLP([70, 300, 129, 10], device="cpu", **cfg)
+    b = fastbp.MLP([70, 300, 129, 10], device="cuda", **cfg)
+    la, ga = a.loss_and_grads(X, y)
+    lb, gb = b.loss_and_grads(X, y)
+    assert lb == pytest.approx(la, rel=rtol)
+    for p, q in zip(ga, gb):
+        np.testing.assert_allclose(q, p, rtol=rtol, atol=rtol * np.abs(p).max())
+    fit = dict(epochs=2, batch_size=100, optimizer="sgd", lr=0.01, shuffle=True)
+    a.fit(X, y, **fit)
+    b.fit(X, y, **fit)
+    for p, q in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(q, p, rtol=rtol, atol=rtol * np.abs(p).max())

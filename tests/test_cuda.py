@@ -1,0 +1,81 @@
+"""The CUDA backend: the checks of ``cuda_checks.py`` under numba's CUDA simulator (CI has no
+GPU), the kernels compiled for a real GPU target (PTX needs no GPU, only libNVVM), and the
+same checks on a real GPU when there is one."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CHECKS = os.path.join(HERE, "cuda_checks.py")
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None,
+    reason="numba-cuda is not installed (pip install 'fastbp[cuda]'); CUDA backend not tested")
+
+
+def _run_checks(simulate, timeout):
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    if simulate:
+        # Must be set before numba is imported: hence a fresh interpreter.
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", CHECKS]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, (f"CUDA checks failed (simulator={simulate}):\n"
+                                  f"{proc.stdout[-12000:]}\n{proc.stderr[-4000:]}")
+
+
+def test_cuda_engine_matches_cpu_under_simulator():
+    _run_checks(simulate=True, timeout=900)
+
+
+def _real_gpu():
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return False
+    from numba import cuda
+    try:
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _real_gpu(), reason="needs a real CUDA GPU")
+def test_cuda_engine_matches_cpu_on_gpu():
+    _run_checks(simulate=False, timeout=1800)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kernels_compile_for_gpu(dtype, monkeypatch):
+    """Type inference and code generation for sm_90, which the simulator never runs."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("compile_ptx is not available under the simulator")
+    from numba import cuda
+
+    def probe(a):
+        a[0] = 1.0
+
+    try:
+        cuda.compile_ptx(probe, "void(float32[:])", cc=(9, 0))
+    except Exception as e:  # no libNVVM: numba-cuda without its cu12/cu13 extra
+        pytest.skip(f"libNVVM not found ({type(e).__name__}); install numba-cuda[cu12] or "
+                    f"[cu13] to compile CUDA kernels")
+    if not _real_gpu():
+        # Device functions ask the current device for its compute capability; there is none.
+        import types
+
+        import numba.cuda.dispatcher as dispatcher
+        if not hasattr(dispatcher, "get_current_device"):
+            pytest.skip("numba-cuda internals changed: cannot compile device functions "
+                        "without a GPU")
+        monkeypatch.setattr(dispatcher, "get_current_device",
+                            lambda: types.SimpleNamespace(compute_capability=(9, 0)))
+    from fastbp.kernels import cuda as kc
+    for name, (kernel, argtypes) in kc.signatures(dtype).items():
+        ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=(9, 0))
+        assert ".entry" in ptx, name
