@@ -135,6 +135,8 @@ def _encode(y, loss, classes=None):
     if loss in CLASSIFICATION_LOSSES:
         if y.ndim != 1:
             raise CLIError("classification needs a single target column")
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise CLIError("the target has missing, NaN or infinite values")
         labels = _labels_as_strings(y)
         if classes is None:
             classes = _sorted_classes(y)

@@ -442,6 +442,9 @@ class MLP:
         L = self.layout.n_layers
         if isinstance(layers, numbers.Integral) and not isinstance(layers, bool):
             layers = [layers]
+        elif isinstance(layers, str) or not hasattr(layers, "__iter__"):
+            raise ConfigError(f"layers must be a layer index or a list of indices "
+                              f"(0..{L - 1}, or negative from the end), got {layers!r}")
         out = []
         for l in layers:
             if isinstance(l, bool) or not isinstance(l, numbers.Integral) or not -L <= l < L:

@@ -154,7 +154,8 @@ class _BaseMLP(BaseEstimator):
                              f"{self.hidden_layer_sizes!r}") from None
         for h in hls:
             if isinstance(h, bool) or not isinstance(h, numbers.Integral) or h <= 0:
-                raise ValueError(f"hidden_layer_sizes must be > 0, got {self.hidden_layer_sizes!r}")
+                raise ValueError(f"hidden_layer_sizes must be > 0, got "
+                                 f"{self.hidden_layer_sizes!r}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not supported; choose one of "
                              f"{sorted(_ACTIVATIONS)}")
