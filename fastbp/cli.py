@@ -213,12 +213,38 @@ def _metrics_line(res):
     return ", ".join(f"{k} {v:.4f}" for k, v in res.items())
 
 
+WORKER_ENV = "FASTBP_MPI_WORKER"
+
+
+def _launch_workers(args):
+    """Re-run this ``train`` command under ``mpiexec -n N`` (one rank per worker)."""
+    import shutil
+    import subprocess
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.exists(mpiexec):
+        mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        raise CLIError("--workers needs MPI: pip install 'fastbp[mpi]' (it brings MPICH and "
+                       "mpiexec)")
+    cmd = [mpiexec, "-n", str(args.workers), sys.executable, "-m", "fastbp.cli", "train",
+           *args.argv]
+    env = dict(os.environ, **{WORKER_ENV: "1"})
+    return subprocess.run(cmd, env=env).returncode
+
+
 def cmd_train(args):
+    if args.workers > 1 and not os.environ.get(WORKER_ENV):
+        return _launch_workers(args)
     import numpy as np
 
     import fastbp
     from .dataio import read_table
     from .errors import ConfigError
+    comm, rank, size = None, 0, 1
+    if os.environ.get(WORKER_ENV):
+        from mpi4py import MPI
+        comm, rank, size = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
+    say = print if rank == 0 else (lambda *a, **k: None)
     if not args.out.endswith(".npz"):
         raise CLIError(f"--out must name a .npz file, got {args.out!r}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -255,17 +281,28 @@ def cmd_train(args):
                          device=args.device, dtype=args.dtype)
     except ConfigError as e:
         raise CLIError(str(e)) from None
-    print(f"data: {args.data}: {n} rows, {X.shape[1]} features, target {target!r}"
-          f"{f' ({len(classes)} classes)' if classes else ''}; "
-          f"{len(tr)} train / {len(va)} validation rows")
-    print(loss_note)
-    print(f"model: {net}, {net.n_params:,} parameters")
-    validation = (Xs[va], y[va]) if n_val else None
+    say(f"data: {args.data}: {n} rows, {X.shape[1]} features, target {target!r}"
+        f"{f' ({len(classes)} classes)' if classes else ''}; "
+        f"{len(tr)} train / {len(va)} validation rows")
+    say(loss_note)
+    say(f"model: {net}, {net.n_params:,} parameters")
+    batch_size = args.batch_size
+    fit_tr, fit_va = tr, va
+    if comm is not None:
+        # Each rank takes every size-th row; --batch-size is the global batch.
+        fit_tr, fit_va = tr[rank::size], va[rank::size]
+        batch_size = max(1, args.batch_size // size)
+        if len(va) < size:
+            fit_va = va[:0]
+        say(f"workers: {size} MPI ranks, {batch_size} rows per rank per step")
+    validation = (Xs[fit_va], y[fit_va]) if len(fit_va) else None
     t0 = time.perf_counter()
-    hist = net.fit(Xs[tr], y[tr], epochs=args.epochs, batch_size=args.batch_size,
+    hist = net.fit(Xs[fit_tr], y[fit_tr], epochs=args.epochs, batch_size=batch_size,
                    optimizer=args.optimizer, lr=args.lr, verbose=0 if args.quiet else 2,
-                   validation_data=validation)
+                   validation_data=validation, comm=comm)
     elapsed = time.perf_counter() - t0
+    if rank != 0:
+        return 0                      # rank 0 reports and writes the model
     note = " (interrupted)" if hist.interrupted else ""
     print(f"trained {len(hist.epoch)} epoch(s) in {elapsed:.2f} s{note}")
     print(f"train: {_metrics_line(net.evaluate(Xs[tr], y[tr]))}")
@@ -441,6 +478,9 @@ def build_parser():
                    help="train on the raw feature values")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.add_argument("--out", required=True, metavar="MODEL.npz")
+    t.add_argument("--workers", type=_positive_int, default=1,
+                   help="data-parallel MPI ranks on this machine (launched with mpiexec; "
+                        "needs the 'mpi' extra); --batch-size is then the global batch")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="predict with a saved model, write a CSV",
@@ -490,6 +530,7 @@ def main(argv=None):
         if argv[:1] == ["bench"]:
             return cmd_bench(argv[1:])
         args = build_parser().parse_args(argv)
+        args.argv = [a for a in argv[1:]]
         return args.func(args)
     except KeyboardInterrupt:
         print("fastbp: interrupted", file=sys.stderr)

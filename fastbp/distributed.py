@@ -1,7 +1,8 @@
 """Data-parallel training over MPI (mpi4py), as Horovod does it.
 
 Each process (rank) trains on its own shard. ``sync_every=1`` (default): after each step's
-backward pass the flat gradient vector (plus the batch loss and metric, appended) is summed
+backward pass the flat gradient vector (plus the batch loss, metric and an interrupt flag,
+appended) is summed
 across ranks by ONE in-place Allreduce. Each rank scales its rows by 1/(global batch rows),
 so the sum is the mean gradient of the global batch, and every rank applies the identical
 update. N ranks at per-rank batch b thus follow one process at batch N*b on the same rows.
@@ -140,6 +141,7 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
         scale = 1.0 / (rows_g * (model.n_outputs if per_elem else 1))
         step = session.step_done + 1
         eng.batch_grads(session, perm, b0, rows, scale, step, G)
+        G[P + 2] = 1.0 if session.interrupt.requested else 0.0
         coll.sum_(G)
         batch_loss = float(G[P])
         if not math.isfinite(batch_loss):
@@ -150,6 +152,10 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
         session.last_lr = _lr(plan, step_schedule, step)
         loss_sum += batch_loss * rows_g
         metric_sum += float(G[P + 1])
+        if G[P + 2]:
+            # Some rank was interrupted: the flag travelled in the same Allreduce, so every
+            # rank stops after this same step and none waits alone in the next one.
+            raise KeyboardInterrupt
         now = time.perf_counter()
         if now - last > 0.15:
             last = now

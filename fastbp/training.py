@@ -4,7 +4,10 @@ Data path: validated arrays -> engine.begin_fit (buffers, state) -> per epoch a 
 -> chunks of batches in single compiled calls (about CHUNK_SECONDS each) -> epoch logs,
 validation, callbacks -> engine.end_fit.
 """
+import signal
+import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -23,6 +26,42 @@ class FitPlan:
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
+
+
+class InterruptFlag:
+    requested = False
+
+
+@contextmanager
+def deferred_interrupt():
+    """During a fit, Ctrl-C only raises a flag; the loop stops at the next safe point.
+
+    A KeyboardInterrupt raised between a compiled call's return and the bookkeeping after it
+    could leave the step count behind the weights; the flag is checked after it instead.
+    A second Ctrl-C interrupts at once. Only in the main thread, and only when the default
+    handler is installed (a caller's own handler is left alone).
+    """
+    flag = InterruptFlag()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def stop_if_interrupted(session):
+    if session.interrupt.requested:
+        raise KeyboardInterrupt
 
 
 def chunk_batches(per_batch_s):
@@ -64,13 +103,15 @@ def train(model, plan):
     n = plan.X.shape[0]
     quiet = plan.coll is not None and plan.coll.rank != 0
     progress = Progress(0 if quiet else plan.verbose, plan.epochs, n)
-    with single_threaded_blas():
+    with single_threaded_blas(), deferred_interrupt() as interrupt:
         session = model._engine.begin_fit(plan.X, plan.Y, plan.row_w, opt, plan.state,
                                           plan.batch_size, plan.dropout_seed)
         session.step_done = plan.step
         session.last_lr = opt.lr
+        session.interrupt = interrupt
         if plan.coll is not None:
-            session.G = np.zeros(model.n_params + 2, dtype=model.dtype)
+            # [gradient | batch loss, metric sum, interrupt flag]: one Allreduce per step
+            session.G = np.zeros(model.n_params + 3, dtype=model.dtype)
         try:
             for cb in callbacks:
                 cb.on_train_begin({})
@@ -165,6 +206,7 @@ def _local_chunks(model, plan, session, perm, callbacks, progress, step_schedule
         for cb in callbacks:
             cb.on_chunk_end(chunk, {"loss": loss_sum / stop})
         start = stop
+        stop_if_interrupted(session)
     session.per_batch_s = per_batch_s
     return loss_sum, metric_sum, n
 

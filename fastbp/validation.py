@@ -66,7 +66,9 @@ def check_X(X, dtype, n_features=None, name="X"):
                         f"{n_features} (its sizes[0])")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
-    if not out.flags.aligned:   # a view into a byte buffer: compiled loops want aligned rows
+    # Unaligned views (into byte buffers) slow the loops; read-only arrays (memmaps, joblib)
+    # are a distinct Numba type and would compile every kernel a second time.
+    if not (out.flags.aligned and out.flags.writeable):
         out = out.copy()
     _require_finite(out, name)
     return out
@@ -113,7 +115,7 @@ def check_targets(y, loss, n_out, n_rows, dtype, name="y"):
                         f"outputs{hint}")
     with np.errstate(over="ignore"):
         Y = np.ascontiguousarray(arr, dtype=dtype)
-    if not Y.flags.aligned:
+    if not (Y.flags.aligned and Y.flags.writeable):   # see check_X
         Y = Y.copy()
     _require_finite(Y, name)
     if loss == "binary_cross_entropy" and np.any((Y != 0) & (Y != 1)):
@@ -134,6 +136,8 @@ def check_sample_weight(sample_weight, n_rows, name="sample_weight"):
         raise DataError(f"{name} must be 1-D with one weight per sample ({n_rows}), got "
                         f"shape {w.shape}")
     w = np.ascontiguousarray(w, dtype=np.float64)
+    if not (w.flags.aligned and w.flags.writeable):     # see check_X
+        w = w.copy()
     _require_finite(w, name)
     if np.any(w < 0):
         raise DataError(f"{name} must be non-negative")

@@ -11,6 +11,8 @@ def warmup(dtypes=("float32",), verbose=False):
     dtype covers every architecture, activation, loss and optimizer.
     """
     from .model import MLP
+    if isinstance(dtypes, str):
+        dtypes = (dtypes,)
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(8, 3))

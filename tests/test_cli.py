@@ -1,5 +1,6 @@
 """The ``fastbp`` command line: end-to-end round trips in a subprocess, errors in-process."""
 import csv
+import os
 import subprocess
 import sys
 
@@ -140,3 +141,19 @@ def test_bench_finds_the_checkout_harness():
     if script is None:
         pytest.skip("not a source checkout")
     assert script.name == "compare.py" and script.parent.name == "bench"
+
+
+def test_train_with_two_mpi_workers(iris_csv, tmp_path):
+    pytest.importorskip("mpi4py")
+    if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "mpiexec")):
+        pytest.skip("no mpiexec beside this Python (pip install 'fastbp[mpi]')")
+    model = tmp_path / "m.npz"
+    rc, out, err = run_cli("train", iris_csv, "--target", "species", "--layers", "16",
+                           "--epochs", "40", "--lr", "0.01", "--workers", "2", "--quiet",
+                           "--out", model, cwd=tmp_path)
+    assert rc == 0, err
+    assert "workers: 2 MPI ranks" in out
+    assert out.count("saved:") == 1          # rank 0 alone writes
+    rc, out, err = run_cli("evaluate", model, iris_csv, "--target", "species", cwd=tmp_path)
+    assert rc == 0, err
+    assert float(out.split("accuracy:")[1].split()[0]) > 0.8
