@@ -17,20 +17,26 @@ Layout shared by every kernel (built by ``fastbp.workspace``):
 No kernel allocates: every array is a view of a buffer passed in. Kernels do no bounds
 checks; the façade validates shapes and labels before calling them.
 """
+import hashlib
 import math
 
 import numpy as np
 from numba import njit, prange
 
 from . import math as m
-from .tuning import BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS, MIN_ROWS_PER_THREAD
+from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
+                     MIN_MACS_PER_THREAD, MIN_ROWS_PER_THREAD, UPDATE_PARALLEL_MIN)
 
-_jit = dict(cache=True, nogil=True)
+# error_model="numpy": a float division by zero gives inf/nan (caught by the divergence
+# checks) instead of raising. Python's model puts a branch on every division, which stops
+# LLVM from vectorising loops such as the Adam update (measured 12x slower).
+_jit = dict(cache=True, nogil=True, error_model="numpy")
 # Reassociation lets LLVM vectorise the dot-product reductions; NaN/inf semantics are kept
 # (no 'nnan'/'ninf') so that divergence is still detected.
-_jit_fast = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+_jit_fast = dict(_jit, fastmath={"reassoc", "contract"})
 
-_scalar = m.compile_with(njit(**_jit))
+_scalar = m.compile_with(njit(**_jit),
+                         "cpu" + hashlib.sha1(repr(sorted(_jit.items())).encode()).hexdigest()[:8])
 activate = _scalar.activate
 activate_grad = _scalar.activate_grad
 pointwise_loss = _scalar.pointwise_loss
@@ -39,6 +45,7 @@ output_activate = _scalar.output_activate
 sgd_step = _scalar.sgd_step
 adam_step = _scalar.adam_step
 rmsprop_step = _scalar.rmsprop_step
+adam_constants = _scalar.adam_constants
 dropout_keep = _scalar.dropout_keep
 
 
@@ -74,19 +81,29 @@ def bias(params, poff, sizes, l):
 
 @njit(**_jit)
 def use_blas(rows, n_in, n_out):
-    return rows >= BLAS_MIN_ROWS and n_in * n_out >= BLAS_MIN_WEIGHTS
+    return (rows >= BLAS_MIN_ROWS and n_in * n_out >= BLAS_MIN_WEIGHTS
+            and n_out > BLAS_MAX_HAND_OUTPUTS)
 
 
 @njit(**_jit)
-def n_slices(rows, max_slices):
-    """How many threads share a batch of ``rows`` rows (at most the gradient slots).
+def n_slices(rows, max_slices, macs_per_row):
+    """How many threads share a batch of ``rows`` rows (at most ``max_slices``).
 
     The thread count comes from Python: numba's get_num_threads() inside a kernel would
     make it, and every kernel calling it, uncacheable.
     """
-    nt = max_slices
     by_rows = max(1, rows // MIN_ROWS_PER_THREAD)
-    return min(nt, by_rows)
+    by_work = max(1, (rows * macs_per_row) // MIN_MACS_PER_THREAD)
+    return min(max_slices, by_rows, by_work)
+
+
+@njit(**_jit)
+def forward_macs(sizes):
+    """Multiply-adds of one row's forward pass."""
+    s = 0
+    for l in range(sizes.shape[0] - 1):
+        s += sizes[l] * sizes[l + 1]
+    return s
 
 
 # ---------------------------------------------------------------------- dense layers
@@ -108,13 +125,12 @@ def dense_forward(A, W, b, Z):
         ai = A[i]
         for j in range(n_out):
             zi[j] = b[j]
+        # No zero-input skip: on ReLU outputs the branch mispredicts and costs 4x.
         for k in range(n_in):
             a = ai[k]
-            # Zero inputs (ReLU outputs, blank pixels) cost nothing.
-            if a != 0:
-                wk = W[k]
-                for j in range(n_out):
-                    zi[j] += a * wk[j]
+            wk = W[k]
+            for j in range(n_out):
+                zi[j] += a * wk[j]
 
 
 @njit(**_jit_fast)
@@ -140,10 +156,9 @@ def dense_weight_grad(A, D, gW, gb):
         di = D[i]
         for k in range(n_in):
             a = ai[k]
-            if a != 0:
-                gk = gW[k]
-                for j in range(n_out):
-                    gk[j] += a * di[j]
+            gk = gW[k]
+            for j in range(n_out):
+                gk[j] += a * di[j]
 
 
 @njit(**_jit)
@@ -405,55 +420,69 @@ def summed_grad(gbuf, nt, i):
 
 
 @njit(**_jit)
-def update_range(opt, params, gbuf, nt, gscale, state, hyper, lr, step, lo, hi):
-    """Sum the per-thread gradients of params[lo:hi], scale them, apply one optimizer step.
+def update_range(opt, params, grad, gscale, state, hyper, lr, step, lo, hi):
+    """One optimizer step of params[lo:hi] from ``grad`` (scaled by ``gscale``).
 
     ``hyper`` per optimizer: SGD [momentum, nesterov, weight_decay]; Adam/AdamW
     [beta1, beta2, eps, weight_decay, decoupled]; RMSprop [alpha, eps, momentum, weight_decay].
-    State slots are touched only when the optimizer owns them.
+    Every constant is cast to the parameters' dtype first, so a float32 model updates in
+    float32 (as torch does), and the arrays are sliced to [lo, hi) so the loops index from
+    0: both are needed for LLVM to vectorise them (10x measured). State slots are touched
+    only when the optimizer owns them.
     """
+    T = params.dtype.type
+    gs = T(gscale)
+    lr_ = T(lr)
+    p = params[lo:hi]
+    g = grad[lo:hi]
+    n = hi - lo
     if opt == m.SGD:
-        mom = hyper[0]
-        if mom != 0.0:
-            buf = state[0]
-            for i in range(lo, hi):
-                g = summed_grad(gbuf, nt, i) * gscale
-                params[i], buf[i] = sgd_step(params[i], g, buf[i], lr, mom, hyper[1], hyper[2])
+        mom = T(hyper[0])
+        nest = T(hyper[1])
+        wd = T(hyper[2])
+        if mom != 0:
+            buf = state[0, lo:hi]
+            for i in range(n):
+                p[i], buf[i] = sgd_step(p[i], g[i] * gs, buf[i], lr_, mom, nest, wd)
         else:
-            wd = hyper[2]
-            for i in range(lo, hi):
-                g = summed_grad(gbuf, nt, i) * gscale
-                if wd != 0.0:
-                    g += wd * params[i]
-                params[i] -= lr * g
+            for i in range(n):
+                p[i], _ = sgd_step(p[i], g[i] * gs, g[i], lr_, mom, nest, wd)
     elif opt == m.ADAM:
-        b1 = hyper[0]
-        b2 = hyper[1]
-        bias1 = 1.0 - b1 ** step
-        bias2_sqrt = math.sqrt(1.0 - b2 ** step)
-        mbuf = state[0]
-        vbuf = state[1]
-        for i in range(lo, hi):
-            g = summed_grad(gbuf, nt, i) * gscale
-            params[i], mbuf[i], vbuf[i] = adam_step(params[i], g, mbuf[i], vbuf[i], lr, b1, b2,
-                                                    hyper[2], hyper[3], hyper[4], bias1,
-                                                    bias2_sqrt)
+        step_size, inv_b2, l2, decay = adam_constants(lr, hyper[0], hyper[1], hyper[3],
+                                                      hyper[4], step)
+        b1 = T(hyper[0])
+        b2 = T(hyper[1])
+        omb1 = T(1.0 - hyper[0])
+        omb2 = T(1.0 - hyper[1])
+        eps = T(hyper[2])
+        l2_ = T(l2)
+        decay_ = T(decay)
+        ss = T(step_size)
+        ib2 = T(inv_b2)
+        mb = state[0, lo:hi]
+        vb = state[1, lo:hi]
+        for i in range(n):
+            p[i], mb[i], vb[i] = adam_step(p[i], g[i] * gs, mb[i], vb[i], b1, omb1, b2, omb2,
+                                           eps, l2_, decay_, ss, ib2)
     else:  # RMSPROP
-        sq = state[0]
-        if hyper[2] > 0.0:
-            buf = state[1]
-            for i in range(lo, hi):
-                g = summed_grad(gbuf, nt, i) * gscale
-                params[i], sq[i], buf[i] = rmsprop_step(params[i], g, sq[i], buf[i], lr,
-                                                        hyper[0], hyper[1], hyper[2], hyper[3])
+        alpha = T(hyper[0])
+        oma = T(1.0 - hyper[0])
+        eps = T(hyper[1])
+        mom = T(hyper[2])
+        wd = T(hyper[3])
+        sq = state[0, lo:hi]
+        if mom > 0:
+            buf = state[1, lo:hi]
+            for i in range(n):
+                p[i], sq[i], buf[i] = rmsprop_step(p[i], g[i] * gs, sq[i], buf[i], lr_, alpha,
+                                                   oma, eps, mom, wd)
         else:
-            for i in range(lo, hi):
-                g = summed_grad(gbuf, nt, i) * gscale
-                params[i], sq[i], _ = rmsprop_step(params[i], g, sq[i], 0.0, lr, hyper[0],
-                                                   hyper[1], 0.0, hyper[3])
+            for i in range(n):
+                p[i], sq[i], _ = rmsprop_step(p[i], g[i] * gs, sq[i], g[i], lr_, alpha, oma,
+                                              eps, mom, wd)
 
 
-@njit(**_jit)
+@njit(**_jit_fast)
 def grad_sq_range(gbuf, nt, lo, hi):
     s = 0.0
     for i in range(lo, hi):
@@ -462,27 +491,76 @@ def grad_sq_range(gbuf, nt, lo, hi):
     return s
 
 
-@njit(parallel=True, **_jit)
-def clip_scale(gbuf, nt, clip_norm, blocks, block_sq):
-    """Factor that clips the summed gradient's global norm to ``clip_norm`` (1 when off).
+@njit(**_jit)
+def fold_block(gbuf, nt, lo, hi, clip_norm, block_sq, bi):
+    """Add slots 1..nt-1 of gbuf[:, lo:hi] into slot 0 (a vectorisable pass: summing inside
+    the optimizer loop would stop it vectorising) and, when clipping, its squared norm."""
+    g0 = gbuf[0, lo:hi]
+    for t in range(1, nt):
+        gt = gbuf[t, lo:hi]
+        for i in range(hi - lo):
+            g0[i] += gt[i]
+    if clip_norm > 0.0:
+        block_sq[bi] = grad_sq_range(gbuf, 1, lo, hi)
 
-    torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1. Partial
-    sums go to ``block_sq`` (one per block): a prange reduction would allocate per call.
+
+@njit(parallel=True, **_jit)
+def update_all(opt, params, gbuf, nt, clip_norm, state, hyper, lr, step, blocks, block_sq):
+    """Sum the per-thread gradients, clip their global norm if asked, then one optimizer
+    step over every trainable block; one thread for small vectors, where waking the others
+    costs more than the pass.
+
+    Clipping follows torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6),
+    clamped to 1. Per-block partial sums go to ``block_sq``: a prange reduction would
+    allocate on every call.
     """
-    if clip_norm <= 0.0:
-        return 1.0
     nblocks = blocks.shape[0]
-    for bi in prange(nblocks):
-        block_sq[bi] = grad_sq_range(gbuf, nt, blocks[bi, 0], blocks[bi, 1])
-    sq = 0.0
-    for bi in range(nblocks):
-        sq += block_sq[bi]
-    return min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+    serial = blocks[nblocks - 1, 1] - blocks[0, 0] < UPDATE_PARALLEL_MIN
+    if nt > 1 or clip_norm > 0.0:
+        if serial:
+            for bi in range(nblocks):
+                fold_block(gbuf, nt, blocks[bi, 0], blocks[bi, 1], clip_norm, block_sq, bi)
+        else:
+            for bi in prange(nblocks):
+                fold_block(gbuf, nt, blocks[bi, 0], blocks[bi, 1], clip_norm, block_sq, bi)
+    gscale = 1.0
+    if clip_norm > 0.0:
+        sq = 0.0
+        for bi in range(nblocks):
+            sq += block_sq[bi]
+        gscale = min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+    grad = gbuf[0]
+    if serial:
+        for bi in range(nblocks):
+            update_range(opt, params, grad, gscale, state, hyper, lr, step, blocks[bi, 0],
+                         blocks[bi, 1])
+    else:
+        for bi in prange(nblocks):
+            update_range(opt, params, grad, gscale, state, hyper, lr, step, blocks[bi, 0],
+                         blocks[bi, 1])
+
+
+@njit(parallel=True, **_jit)
+def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
+                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
+                     tloss):
+    """Forward, loss and backward of one batch split into ``nt`` row slices, slice t's
+    gradient into gbuf[t] and its [loss, metric] into tloss[t]. One slice runs in the
+    calling thread: no parallel region is started for it."""
+    if nt == 1:
+        slice_loss_grad(X, Y, row_w, perm, b0, 0, rows, scale, params, sizes, acts, poff,
+                        coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[0], drop,
+                        seed, step, tloss[0])
+        return
+    for t in prange(nt):
+        slice_loss_grad(X, Y, row_w, perm, b0, t * rows // nt, (t + 1) * rows // nt, scale,
+                        params, sizes, acts, poff, coff, trainable, lowest, loss, B, Zbuf,
+                        Abuf, Dbuf, gbuf[t], drop, seed, step, tloss[t])
 
 
 # ------------------------------------------------------------------ compiled entries
 
-@njit(parallel=True, **_jit)
+@njit(**_jit)
 def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts, poff, coff,
                 trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, opt, state, hyper,
                 lrs, step, clip_norm, blocks, block_sq, losses, drop, seed):
@@ -490,24 +568,21 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
 
     Batch k covers perm[start + k*batch_size : ...] (the last may be partial; its loss is
     averaged over its own rows). ``lrs[k]`` is batch k's learning rate, ``step`` the
-    optimizer's step count before the chunk; ``losses[k]`` receives batch k's mean loss and
-    ``losses[k, 1]`` its summed row metric (see ``row_metric``). ``drop``/``seed``: per-layer dropout rates and the fit's dropout seed.
-    Stops before updating on a non-finite loss. Returns the number of steps applied.
+    optimizer's step count before the chunk. ``losses[k, 0]`` receives batch k's mean loss
+    and ``losses[k, 1]`` its summed row metric (see ``row_metric``). ``drop``/``seed``:
+    per-layer dropout rates and the fit's dropout seed. Stops before updating on a
+    non-finite loss. Returns the number of steps applied.
     """
     n_out = sizes[sizes.shape[0] - 1]
     n_batches = (stop - start + batch_size - 1) // batch_size
-    nblocks = blocks.shape[0]
+    macs = forward_macs(sizes)
     for k in range(n_batches):
         b0 = start + k * batch_size
         rows = min(batch_size, stop - b0)
-        nt = n_slices(rows, gbuf.shape[0])
-        scale = loss_scale(loss, rows, n_out)
-        for t in prange(nt):
-            r0 = t * rows // nt
-            r1 = (t + 1) * rows // nt
-            slice_loss_grad(X, Y, row_w, perm, b0, r0, r1, scale, params, sizes, acts, poff,
-                            coff, trainable, lowest, loss, batch_size, Zbuf, Abuf, Dbuf,
-                            gbuf[t], drop, seed, step + k + 1, tloss[t])
+        nt = n_slices(rows, gbuf.shape[0], macs)
+        loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, loss_scale(loss, rows, n_out),
+                         params, sizes, acts, poff, coff, trainable, lowest, loss, batch_size,
+                         Zbuf, Abuf, Dbuf, gbuf, drop, seed, step + k + 1, tloss)
         total = 0.0
         metric = 0.0
         for t in range(nt):
@@ -517,10 +592,8 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
         losses[k, 1] = metric
         if not math.isfinite(total):
             return k
-        gscale = clip_scale(gbuf, nt, clip_norm, blocks, block_sq)
-        for bi in prange(nblocks):
-            update_range(opt, params, gbuf, nt, gscale, state, hyper, lrs[k], step + k + 1,
-                         blocks[bi, 0], blocks[bi, 1])
+        update_all(opt, params, gbuf, nt, clip_norm, state, hyper, lrs[k], step + k + 1,
+                   blocks, block_sq)
     return n_batches
 
 
@@ -532,24 +605,40 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
     n_out = sizes[sizes.shape[0] - 1]
     scale = loss_scale(loss, n, n_out)
     no_drop = np.zeros(sizes.shape[0] - 1)
+    macs = forward_macs(sizes)
     P = grads.shape[0]
     for i in range(P):
         grads[i] = 0
     total = 0.0
     for b0 in range(0, n, B):
         rows = min(B, n - b0)
-        nt = n_slices(rows, gbuf.shape[0])
-        for t in prange(nt):
-            r0 = t * rows // nt
-            r1 = (t + 1) * rows // nt
-            slice_loss_grad(X, Y, row_w, order, b0, r0, r1, scale, params, sizes, acts, poff,
-                            coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[t],
-                            no_drop, 0, 0, tloss[t])
+        nt = n_slices(rows, gbuf.shape[0], macs)
+        loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes, acts, poff,
+                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, no_drop, 0,
+                         0, tloss)
         for t in range(nt):
             total += tloss[t, 0]
         for i in prange(P):
             grads[i] += summed_grad(gbuf, nt, i)
     return total
+
+
+@njit(**_jit)
+def forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
+                  pre_activation, b0, r0, r1, no_drop):
+    """Rows b0+r0..b0+r1 of X forward; the last layer's Z or A into the same rows of out."""
+    w = sizes[n_layers]
+    forward_rows(params, sizes, acts, poff, coff, loss, B, matrix_rows(X, b0 + r0, b0 + r1),
+                 Zbuf, Abuf, r0, r1, n_layers, no_drop, 0, 0)
+    if pre_activation:
+        src = layer_rows(Zbuf, B, coff, n_layers, r0, r1, w)
+    else:
+        src = layer_rows(Abuf, B, coff, n_layers, r0, r1, w)
+    for i in range(r1 - r0):
+        si = src[i]
+        oi = out[b0 + r0 + i]
+        for j in range(w):
+            oi[j] = si[j]
 
 
 @njit(parallel=True, **_jit)
@@ -561,26 +650,19 @@ def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Ab
     blocks of B rows, each block split over threads.
     """
     n = X.shape[0]
-    w = sizes[n_layers]
     no_drop = np.zeros(sizes.shape[0] - 1)
+    macs = forward_macs(sizes)
     for b0 in range(0, n, B):
         rows = min(B, n - b0)
-        nt = n_slices(rows, max_slices)
+        nt = n_slices(rows, max_slices, macs)
+        if nt == 1:   # no parallel region for small blocks (single-row calls, say)
+            forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
+                          out, pre_activation, b0, 0, rows, no_drop)
+            continue
         for t in prange(nt):
-            r0 = t * rows // nt
-            r1 = (t + 1) * rows // nt
-            A0 = matrix_rows(X, b0 + r0, b0 + r1)
-            forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1,
-                         n_layers, no_drop, 0, 0)
-            if pre_activation:
-                src = layer_rows(Zbuf, B, coff, n_layers, r0, r1, w)
-            else:
-                src = layer_rows(Abuf, B, coff, n_layers, r0, r1, w)
-            for i in range(r1 - r0):
-                si = src[i]
-                oi = out[b0 + r0 + i]
-                for j in range(w):
-                    oi[j] = si[j]
+            forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
+                          out, pre_activation, b0, t * rows // nt, (t + 1) * rows // nt,
+                          no_drop)
 
 
 @njit(parallel=True, **_jit)
@@ -655,13 +737,10 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
         G[P] = 0.0
         G[P + 1] = 0.0
         return
-    nt = n_slices(rows, gbuf.shape[0])
-    for t in prange(nt):
-        r0 = t * rows // nt
-        r1 = (t + 1) * rows // nt
-        slice_loss_grad(X, Y, row_w, perm, b0, r0, r1, scale, params, sizes, acts, poff, coff,
-                        trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[t], drop, seed, step,
-                        tloss[t])
+    nt = n_slices(rows, gbuf.shape[0], forward_macs(sizes))
+    loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
+                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
+                     tloss)
     for bi in prange(nblocks):
         for i in range(blocks[bi, 0], blocks[bi, 1]):
             G[i] = summed_grad(gbuf, nt, i)
@@ -680,7 +759,4 @@ def apply_update(opt, params, G, state, hyper, lr, step, clip_norm, blocks, bloc
     P = params.shape[0]
     G2 = G[:P].reshape(1, P)
     nblocks = blocks.shape[0]
-    gscale = clip_scale(G2, 1, clip_norm, blocks, block_sq)
-    for bi in prange(nblocks):
-        update_range(opt, params, G2, 1, gscale, state, hyper, lr, step, blocks[bi, 0],
-                     blocks[bi, 1])
+    update_all(opt, params, G2, 1, clip_norm, state, hyper, lr, step, blocks, block_sq)

@@ -49,7 +49,7 @@ if config.ENABLE_CUDASIM:
     FLAT_THREADS = 16
 TILE_PAD = TILE + 1     # shared tiles are padded by a column against bank conflicts
 
-_scalar = m.compile_with(cuda.jit(device=True))
+_scalar = m.compile_with(cuda.jit(device=True), "cuda")
 activate = _scalar.activate
 activate_grad = _scalar.activate_grad
 pointwise_loss = _scalar.pointwise_loss
@@ -177,17 +177,23 @@ def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_s
             else:
                 params[i], _ = sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
         elif opt == m.ADAM:
+            # bias1 = 1 - b1^t, bias2_sqrt = sqrt(1 - b2^t), from the host.
+            if hyper[4] != 0.0:
+                l2, decay = 0.0, 1.0 - lr * hyper[3]
+            else:
+                l2, decay = hyper[3], 1.0
             params[i], state[0, i], state[1, i] = adam_step(
-                params[i], g, state[0, i], state[1, i], lr, hyper[0], hyper[1], hyper[2],
-                hyper[3], hyper[4], bias1, bias2_sqrt)
+                params[i], g, state[0, i], state[1, i], hyper[0], 1.0 - hyper[0], hyper[1],
+                1.0 - hyper[1], hyper[2], l2, decay, lr / bias1, 1.0 / bias2_sqrt)
         else:  # RMSPROP
             if hyper[2] > 0.0:
                 params[i], state[0, i], state[1, i] = rmsprop_step(
-                    params[i], g, state[0, i], state[1, i], lr, hyper[0], hyper[1], hyper[2],
-                    hyper[3])
+                    params[i], g, state[0, i], state[1, i], lr, hyper[0], 1.0 - hyper[0],
+                    hyper[1], hyper[2], hyper[3])
             else:
                 params[i], state[0, i], _ = rmsprop_step(
-                    params[i], g, state[0, i], 0.0, lr, hyper[0], hyper[1], 0.0, hyper[3])
+                    params[i], g, state[0, i], 0.0, lr, hyper[0], 1.0 - hyper[0], hyper[1],
+                    0.0, hyper[3])
 
 
 # ------------------------------------------------------------- dtype-specific kernels

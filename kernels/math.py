@@ -168,7 +168,9 @@ def dropout_keep(seed, step, layer, row, col, rate):
 
 
 # Optimizers: one element's update, torch.optim's rules. State lives in flat slots
-# (state[0], state[1]) owned by the caller; each returns the new (param, s0, s1).
+# (state[0], state[1]) owned by the caller; each returns the new (param, s0, s1). Constants
+# such as 1 - beta1 come precomputed from the caller, in the parameters' dtype: a float
+# literal here would promote float32 updates to float64 and stop them vectorising.
 SGD = 0
 ADAM = 1
 RMSPROP = 2
@@ -176,68 +178,80 @@ RMSPROP = 2
 
 def sgd_step(p, g, buf, lr, momentum, nesterov, weight_decay):
     """torch.optim.SGD with dampening 0: g += wd*p; buf = mu*buf + g; p -= lr*(g + mu*buf | buf)."""
-    if weight_decay != 0.0:
+    if weight_decay != 0:
         g = g + weight_decay * p
-    if momentum != 0.0:
+    if momentum != 0:
         # A zero-initialised buffer makes the first step buf = g, as torch's clone does.
         buf = momentum * buf + g
-        if nesterov != 0.0:
+        if nesterov != 0:
             g = g + momentum * buf
         else:
             g = buf
     return p - lr * g, buf
 
 
-def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2_sqrt):
-    """torch.optim.Adam (decoupled=0: g += wd*p) or AdamW (decoupled=1: p *= 1 - lr*wd).
+def adam_step(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay,
+              step_size, inv_bias2_sqrt):
+    """torch.optim.Adam (L2: g += l2*p) and AdamW (decay = 1 - lr*wd, else 1).
 
     m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;
-    p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    p -= step_size * m / (sqrt(v) * inv_bias2_sqrt + eps)
+    with step_size = lr / (1 - b1^t) and inv_bias2_sqrt = 1 / sqrt(1 - b2^t).
     """
-    if weight_decay != 0.0:
-        if decoupled != 0.0:
-            p = p * (1.0 - lr * weight_decay)
-        else:
-            g = g + weight_decay * p
-    m = beta1 * m + (1.0 - beta1) * g
-    v = beta2 * v + (1.0 - beta2) * g * g
-    p = p - (lr / bias1) * m / (math.sqrt(v) / bias2_sqrt + eps)
+    if l2 != 0:
+        g = g + l2 * p
+    p = p * decay
+    m = beta1 * m + one_minus_beta1 * g
+    v = beta2 * v + one_minus_beta2 * g * g
+    p = p - step_size * m / (math.sqrt(v) * inv_bias2_sqrt + eps)
     return p, m, v
 
 
-def rmsprop_step(p, g, sq, buf, lr, alpha, eps, momentum, weight_decay):
+def rmsprop_step(p, g, sq, buf, lr, alpha, one_minus_alpha, eps, momentum, weight_decay):
     """torch.optim.RMSprop (centered=False).
 
     sq = alpha*sq + (1-alpha)*g^2; avg = sqrt(sq) + eps;
     momentum: buf = mu*buf + g/avg, p -= lr*buf; else p -= lr*g/avg
     """
-    if weight_decay != 0.0:
+    if weight_decay != 0:
         g = g + weight_decay * p
-    sq = alpha * sq + (1.0 - alpha) * g * g
+    sq = alpha * sq + one_minus_alpha * g * g
     avg = math.sqrt(sq) + eps
-    if momentum > 0.0:
+    if momentum > 0:
         buf = momentum * buf + g / avg
         return p - lr * buf, sq, buf
     return p - lr * g / avg, sq, buf
 
 
+def adam_constants(lr, beta1, beta2, weight_decay, decoupled, step):
+    """(step_size, inv_bias2_sqrt, l2, decay) of Adam/AdamW at optimizer step ``step``."""
+    step_size = lr / (1.0 - beta1 ** step)
+    inv_bias2_sqrt = 1.0 / math.sqrt(1.0 - beta2 ** step)
+    if decoupled != 0:
+        return step_size, inv_bias2_sqrt, 0.0, 1.0 - lr * weight_decay
+    return step_size, inv_bias2_sqrt, weight_decay, 1.0
+
+
 _FUNCTIONS = ("hash32", "dropout_keep", "sigmoid", "activate", "activate_grad", "bce_with_logits", "pointwise_loss",
               "pointwise_loss_grad", "output_activate", "sgd_step", "adam_step",
-              "rmsprop_step")
+              "rmsprop_step", "adam_constants")
 
 
-def compile_with(jit):
+def compile_with(jit, tag):
     """Compile every scalar function above with ``jit`` (``njit`` or a CUDA device jit).
 
     Each function is cloned over a namespace in which the functions it calls are the
-    compiled ones, so calls between them stay inside compiled code.
+    compiled ones, so calls between them stay inside compiled code. ``tag`` (say, a hash of
+    the compile options) goes into each clone's name: Numba's on-disk cache keys a function
+    by its file and name, not by its options, so without it a cached clone compiled with
+    other options would be loaded after those options change.
     """
     namespace = dict(globals())
     compiled = {}
     for name in _FUNCTIONS:
         f = namespace[name]
         clone = types.FunctionType(f.__code__, namespace, name, f.__defaults__, f.__closure__)
-        clone.__qualname__ = f.__qualname__
+        clone.__qualname__ = f"{f.__qualname__}_{tag}"
         clone.__module__ = f.__module__
         clone.__doc__ = f.__doc__
         namespace[name] = compiled[name] = jit(clone)

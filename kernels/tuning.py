@@ -4,16 +4,26 @@ Numba freezes module globals at compile time: changing a value here needs a cach
 (delete the ``__pycache__`` of kernels/) to take effect.
 """
 
-# A dense layer goes through BLAS (np.dot) once its weight matrix and row count are both at
-# least this large; below, hand-written loops win (no call overhead, zero-input skipping).
-BLAS_MIN_WEIGHTS = 256 * 256
-BLAS_MIN_ROWS = 32
+# A dense layer goes through BLAS (np.dot) when its weight matrix has at least
+# BLAS_MIN_WEIGHTS entries, more than BLAS_MAX_HAND_OUTPUTS outputs and the slice at least
+# BLAS_MIN_ROWS rows. Below that (regression heads, tiny layers) the call overhead of BLAS
+# exceeds the work and the hand-written loops win. Measured with bench/sweep.py: BLAS wins
+# from 32x64 layers at 16 rows up; the hand loops run ~7 ns per (row, input) pair.
+BLAS_MIN_WEIGHTS = 1024
+BLAS_MAX_HAND_OUTPUTS = 4
+BLAS_MIN_ROWS = 8
 
-# Rows per thread below which a batch is split over fewer threads (scheduling overhead).
+# A batch is split over threads only when each thread gets at least this many rows and
+# this many forward multiply-adds (rows x sum of n_in*n_out); below, waking a second thread
+# costs more than it saves (narrow nets at small batches run on one thread, no parallel
+# region at all).
 MIN_ROWS_PER_THREAD = 8
+MIN_MACS_PER_THREAD = 500_000
 
-# Elements of the flat parameter vector per task of the parallel optimizer pass.
-UPDATE_BLOCK = 8192
+# Elements of the flat parameter vector per task of the optimizer pass, and the trainable
+# size below which that pass runs on one thread.
+UPDATE_BLOCK = 16384
+UPDATE_PARALLEL_MIN = 1_000_000   # measured: 2 threads lose below ~1M (0.17 vs 0.09 ms at 235k)
 
-# Rows per block when predicting: bounds the scratch buffers of inference.
-PREDICT_BLOCK_ROWS = 256
+# Rows per block when predicting: large enough for efficient BLAS calls, bounded scratch.
+PREDICT_BLOCK_ROWS = 2048
