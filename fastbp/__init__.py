@@ -1,6 +1,14 @@
 """fastbp: fast multilayer-perceptron training by backpropagation, compiled with Numba."""
 import os as _os
 
+# kernels/ sits beside fastbp/ in the source tree and is installed as fastbp.kernels (the
+# package-dir mapping in pyproject.toml). When fastbp is imported straight from a checkout
+# (the repo root on sys.path: python -m pytest, scripts run from the root), map it here too.
+_here = _os.path.dirname(_os.path.abspath(__file__))
+if not _os.path.isdir(_os.path.join(_here, "kernels")) and \
+        _os.path.isfile(_os.path.join(_os.path.dirname(_here), "kernels", "__init__.py")):
+    __path__.append(_os.path.dirname(_here))
+
 # Numba's OpenMP threads meet at a barrier twice per mini-batch. GOMP's default spin-wait
 # burns the cores while waiting, and on a loaded machine (other processes, CI, notebooks)
 # the spinning threads starve the working ones: measured 45x slower on 2 busy cores.

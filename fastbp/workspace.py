@@ -40,15 +40,24 @@ class Layout:
     def layer_slice(self, l):
         return slice(int(self.poff[l]), self.b_slice(l).stop)
 
-    def update_blocks(self, trainable):
-        """(start, stop) blocks of the trainable layers' parameters for the optimizer pass."""
-        blocks = []
+    def trainable_spans(self, trainable):
+        """(start, stop) spans of the trainable layers' parameters, adjacent layers merged."""
+        spans = []
         for l in range(self.n_layers):
             if not trainable[l]:
                 continue
             s = self.layer_slice(l)
-            for lo in range(s.start, s.stop, UPDATE_BLOCK):
-                blocks.append((lo, min(lo + UPDATE_BLOCK, s.stop)))
+            if spans and spans[-1][1] == s.start:
+                spans[-1][1] = s.stop
+            else:
+                spans.append([s.start, s.stop])
+        return np.array(spans, dtype=np.int64).reshape(-1, 2)
+
+    def update_blocks(self, trainable):
+        """The trainable spans cut into (start, stop) blocks of the optimizer pass."""
+        blocks = [(lo, min(lo + UPDATE_BLOCK, stop))
+                  for start, stop in self.trainable_spans(trainable)
+                  for lo in range(int(start), int(stop), UPDATE_BLOCK)]
         return np.array(blocks, dtype=np.int64).reshape(-1, 2)
 
 

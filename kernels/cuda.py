@@ -481,20 +481,6 @@ class CudaFitSession:
         self.__dict__.update(kw)
 
 
-def _trainable_ranges(layout, trainable):
-    """(start, stop) spans of the trainable layers' parameters, adjacent layers merged."""
-    spans = []
-    for l in range(layout.n_layers):
-        if not trainable[l]:
-            continue
-        s = layout.layer_slice(l)
-        if spans and spans[-1][1] == s.start:
-            spans[-1][1] = s.stop
-        else:
-            spans.append([s.start, s.stop])
-    return np.array(spans, dtype=np.int64).reshape(-1, 2)
-
-
 def _loss_scale(loss, rows, n_out):
     if loss == m.CROSS_ENTROPY:
         return 1.0 / rows
@@ -568,7 +554,7 @@ class CudaEngine:
         lay = m_.layout
         n = X.shape[0]
         trainable = m_._trainable.astype(bool)
-        ranges = _trainable_ranges(lay, trainable)
+        ranges = lay.trainable_spans(trainable)
         n_slots = state.shape[0]
         dev_state = state if n_slots else np.zeros((1, lay.n_params), dtype=m_.dtype)
         cap = _cdiv(n, batch_size)          # batches of one epoch: the largest chunk
