@@ -409,8 +409,11 @@ def build_parser():
     p.add_argument("--rows", type=int, default=20000, help="synthetic training rows")
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"comma-separated subset of {','.join(PEERS)}")
-    p.add_argument("--json", help="write the results here")
-    p.add_argument("--png", help="write a bar chart here (needs matplotlib)")
+    p.add_argument("--json", default="fastbp-bench.json",
+                   help="write the results here ('' to skip; default %(default)s)")
+    p.add_argument("--png", default="fastbp-bench.png",
+                   help="write a bar chart here (needs matplotlib; '' to skip; default "
+                        "%(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 3 reps, 4000 rows (numbers are indicative only)")
     return p

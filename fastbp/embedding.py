@@ -18,8 +18,8 @@ from .workspace import Workspace
 
 @njit(cache=True, nogil=True)
 def train_step(params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf,
-               gbuf, tloss, opt, state, hyper, lr, step, clip_norm, blocks, losses, drop,
-               seed, perm, row_w, X, Y):
+               gbuf, tloss, opt, state, hyper, lr, step, clip_norm, blocks, block_sq, losses,
+               drop, seed, perm, row_w, X, Y):
     """One optimizer step on the rows of X (at most the trainer's batch size).
 
     ``Y``: (rows, n_out) targets of the model's dtype: one-hot rows for cross_entropy, 0/1
@@ -38,7 +38,8 @@ def train_step(params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, A
         raise ValueError("y_batch must have shape (rows of x_batch, n_outputs)")
     done = train_chunk(X, Y, row_w, perm, 0, n, perm.shape[0], params, sizes, acts, poff,
                        coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, opt,
-                       state, hyper, lr, step[0], clip_norm, blocks, losses, drop, seed)
+                       state, hyper, lr, step[0], clip_norm, blocks, block_sq, losses, drop,
+                       seed)
     step[0] += done
     return losses[0, 0]
 
@@ -75,12 +76,13 @@ def compiled_trainer(model, batch_size=64, optimizer="adam", lr=None, clip_norm=
         raise ConfigError("every layer is frozen; unfreeze at least one layer to train")
     lay = model.layout
     ws = Workspace(lay, bs, model.dtype)
+    blocks = lay.update_blocks(trainable)
     model._engine_sync()
     args = (model._params, lay.sizes, model._acts, lay.poff, lay.coff, trainable,
             int(np.flatnonzero(trainable)[0]), model._loss_code, ws.Z, ws.A, ws.D, ws.gbuf,
             ws.tloss, opt.code, opt.init_state(model.n_params, model.dtype), opt.hyper(),
             np.array([opt.lr], dtype=np.float64), np.zeros(1, dtype=np.int64), clip,
-            lay.update_blocks(trainable), np.zeros((1, 2), dtype=np.float64), model._drop,
+            blocks, np.zeros(len(blocks)), np.zeros((1, 2), dtype=np.float64), model._drop,
             int(model._rng.integers(0, 2 ** 31 - 1)), np.arange(bs, dtype=np.int64),
             np.ones(bs, dtype=np.float64))
     return train_step, args
