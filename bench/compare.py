@@ -476,9 +476,12 @@ def run(args):
     if abs(sgemm_after - sgemm) > 0.15 * sgemm:
         log(f"warning: sgemm moved from {sgemm:.1f} to {sgemm_after:.1f} GFLOP/s during the "
             f"run; the machine was not quiet")
-    rows = summarise(results, sgemm)
+    # The roof is the better of the two sgemm readings: a noisy (low) reading would
+    # flatter fastbp's percentage, the better one never does.
+    roof = max(sgemm, sgemm_after)
+    rows = summarise(results, roof)
     log("")
-    log(table(rows, sgemm))
+    log(table(rows, roof))
     notes = [n for r in results.values() for n in r["notes"]]
     for n in notes:
         log(f"note: {n}")
@@ -488,6 +491,7 @@ def run(args):
                   machine=dict(cpu=cpu_model(), cores=cores, platform=platform.platform(),
                                numba_threads=numba.get_num_threads()),
                   versions=versions(), sgemm_gflops=sgemm, sgemm_gflops_after=sgemm_after,
+                  sgemm_roof=roof,
                   load_average_before=load_before, reps=args.reps, quick=args.quick,
                   rows_requested=args.rows, method=dict(
                       dtype="float32", optimizer="adam lr=1e-3", timed="full shuffled epochs "

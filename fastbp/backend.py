@@ -5,6 +5,7 @@ An engine trains chunks of mini-batches in single compiled calls. The CUDA engin
 """
 import logging
 import os
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,7 +16,7 @@ from numba import get_num_threads
 
 from .errors import ConfigError
 from .kernels import cpu
-from .kernels.tuning import PREDICT_BLOCK_ROWS
+from .kernels.tuning import PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES
 from .workspace import Workspace
 
 log = logging.getLogger("fastbp")
@@ -55,16 +56,32 @@ def resolve_device(device):
     return choice
 
 
+_blas_controller = None
+
+
 @contextmanager
 def single_threaded_blas():
-    """Numba threads call BLAS from each thread: one BLAS thread each avoids oversubscription."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn depends on it
+    """Numba threads call BLAS from each thread: one BLAS thread each avoids oversubscription.
+
+    The controller (a scan of the loaded libraries) is made once: rescanning on every call
+    cost more than predicting a few thousand rows.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - scikit-learn depends on it
+            yield
+            return
+        _blas_controller = ThreadpoolController()
+    with _blas_controller.limit(limits=1, user_api="blas"):
         yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+
+
+def predict_block_rows(layout, dtype):
+    """Rows per inference block: Z and A scratch within PREDICT_SCRATCH_BYTES."""
+    per_row = 2 * layout.row_width * np.dtype(dtype).itemsize
+    return max(PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES // per_row)
 
 
 class FitSession:
@@ -79,6 +96,7 @@ class CPUEngine:
 
     def __init__(self, model):
         self.model = model
+        self._local = threading.local()
 
     # -- training ---------------------------------------------------------------------
     def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
@@ -130,15 +148,28 @@ class CPUEngine:
     # -- inference and gradients ------------------------------------------------------
     def forward(self, X, n_layers, pre_activation, out):
         m, lay = self.model, self.model.layout
-        ws = Workspace(lay, min(PREDICT_BLOCK_ROWS, X.shape[0]), m.dtype, n_threads=1)
+        rows = min(predict_block_rows(lay, m.dtype), X.shape[0])
+        Z, A = self._inference_scratch(rows)
         cpu.forward_into(X, m._params, lay.sizes, m._acts, lay.poff, lay.coff, m._loss_code,
-                         n_layers, ws.batch_rows, ws.Z, ws.A, out, pre_activation,
-                         get_num_threads())
+                         n_layers, rows, Z, A, out, pre_activation, get_num_threads())
         return out
+
+    def _inference_scratch(self, rows):
+        """Z and A row buffers for ``rows`` rows, kept between calls (inference is called
+        often, on small inputs too; zeroing fresh buffers each time cost more than the
+        forward pass on narrow networks). One set per Python thread: the kernels release
+        the GIL, so threads may predict concurrently."""
+        need = rows * self.model.layout.row_width
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or scratch[0].shape[0] < need:
+            dtype = self.model.dtype
+            scratch = (np.empty(need, dtype=dtype), np.empty(need, dtype=dtype))
+            self._local.scratch = scratch
+        return scratch[0][:need], scratch[1][:need]
 
     def loss_and_grads(self, X, Y, row_w):
         m, lay = self.model, self.model.layout
-        ws = Workspace(lay, min(PREDICT_BLOCK_ROWS, X.shape[0]), m.dtype)
+        ws = Workspace(lay, min(predict_block_rows(lay, m.dtype), X.shape[0]), m.dtype)
         grads = np.zeros(lay.n_params, dtype=m.dtype)
         every = np.ones(lay.n_layers, dtype=np.int64)
         order = np.arange(X.shape[0], dtype=np.int64)

@@ -25,7 +25,7 @@ from numba import njit, prange
 
 from . import math as m
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
-                     MIN_MACS_PER_THREAD, MIN_ROWS_PER_THREAD, UPDATE_PARALLEL_MIN)
+                     MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD, UPDATE_PARALLEL_MIN)
 
 # error_model="numpy": a float division by zero gives inf/nan (caught by the divergence
 # checks) instead of raising. Python's model puts a branch on every division, which stops
@@ -86,14 +86,14 @@ def use_blas(rows, n_in, n_out):
 
 
 @njit(**_jit)
-def n_slices(rows, max_slices, macs_per_row):
+def n_slices(rows, max_slices, work_per_row):
     """How many threads share a batch of ``rows`` rows (at most ``max_slices``).
 
     The thread count comes from Python: numba's get_num_threads() inside a kernel would
     make it, and every kernel calling it, uncacheable.
     """
     by_rows = max(1, rows // MIN_ROWS_PER_THREAD)
-    by_work = max(1, (rows * macs_per_row) // MIN_MACS_PER_THREAD)
+    by_work = max(1, (rows * work_per_row) // MIN_WORK_PER_THREAD)
     return min(max_slices, by_rows, by_work)
 
 
@@ -119,6 +119,16 @@ def dense_forward(A, W, b, Z):
             zi = Z[i]
             for j in range(n_out):
                 zi[j] += b[j]
+        return
+    if n_out <= BLAS_MAX_HAND_OUTPUTS:
+        # Few outputs (regression heads): one dot product over the inputs per output.
+        for i in range(rows):
+            ai = A[i]
+            for j in range(n_out):
+                acc = b[j]
+                for k in range(n_in):
+                    acc += ai[k] * W[k, j]
+                Z[i, j] = acc
         return
     for i in range(rows):
         zi = Z[i]
@@ -151,6 +161,15 @@ def dense_weight_grad(A, D, gW, gb):
         gk = gW[k]
         for j in range(n_out):
             gk[j] = 0
+    if n_out <= BLAS_MAX_HAND_OUTPUTS:
+        # Few outputs: the inner loop runs over the inputs, not over a handful of outputs.
+        for i in range(rows):
+            ai = A[i]
+            for j in range(n_out):
+                d = D[i, j]
+                for k in range(n_in):
+                    gW[k, j] += ai[k] * d
+        return
     for i in range(rows):
         ai = A[i]
         di = D[i]
@@ -166,6 +185,13 @@ def apply_activation_grad(Dp, Zp, Ap, act, rate, seed, step, layer, r0):
     """Dp *= f'(Zp), and the dropout mask/scale of the layer below when rate > 0."""
     rows, n = Dp.shape
     if rate == 0.0:
+        if act == m.RELU:   # relu'(z) = 1 if z > 0 else 0, branch-free
+            for i in range(rows):
+                dpi = Dp[i]
+                zi = Zp[i]
+                for k in range(n):
+                    dpi[k] = dpi[k] if zi[k] > 0 else 0
+            return
         for i in range(rows):
             dpi = Dp[i]
             zi = Zp[i]
@@ -194,6 +220,16 @@ def dense_input_delta(D, W, Dp):
     if use_blas(rows, n_in, n_out):
         np.dot(D, W.T, Dp)
         return
+    if n_out <= BLAS_MAX_HAND_OUTPUTS:
+        for i in range(rows):
+            dpi = Dp[i]
+            for k in range(n_in):
+                dpi[k] = 0
+            for j in range(n_out):
+                d = D[i, j]
+                for k in range(n_in):
+                    dpi[k] += d * W[k, j]
+        return
     for i in range(rows):
         di = D[i]
         dpi = Dp[i]
@@ -210,6 +246,13 @@ def hidden_activate(Z, A, act, rate, seed, step, layer, r0):
     """A = f(Z); with dropout ``rate`` > 0, inverted dropout (kept units scaled 1/(1-rate))."""
     rows, n = Z.shape
     if rate == 0.0:
+        if act == m.RELU:   # the common case, as a branch-free loop that vectorises
+            for i in range(rows):
+                zi = Z[i]
+                ai = A[i]
+                for j in range(n):
+                    ai[j] = max(zi[j], 0)
+            return
         for i in range(rows):
             zi = Z[i]
             ai = A[i]
@@ -575,11 +618,11 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
     """
     n_out = sizes[sizes.shape[0] - 1]
     n_batches = (stop - start + batch_size - 1) // batch_size
-    macs = forward_macs(sizes)
+    work = 3 * forward_macs(sizes)      # forward, delta and weight-gradient products
     for k in range(n_batches):
         b0 = start + k * batch_size
         rows = min(batch_size, stop - b0)
-        nt = n_slices(rows, gbuf.shape[0], macs)
+        nt = n_slices(rows, gbuf.shape[0], work)
         loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, loss_scale(loss, rows, n_out),
                          params, sizes, acts, poff, coff, trainable, lowest, loss, batch_size,
                          Zbuf, Abuf, Dbuf, gbuf, drop, seed, step + k + 1, tloss)
@@ -605,14 +648,14 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
     n_out = sizes[sizes.shape[0] - 1]
     scale = loss_scale(loss, n, n_out)
     no_drop = np.zeros(sizes.shape[0] - 1)
-    macs = forward_macs(sizes)
+    work = 3 * forward_macs(sizes)
     P = grads.shape[0]
     for i in range(P):
         grads[i] = 0
     total = 0.0
     for b0 in range(0, n, B):
         rows = min(B, n - b0)
-        nt = n_slices(rows, gbuf.shape[0], macs)
+        nt = n_slices(rows, gbuf.shape[0], work)
         loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes, acts, poff,
                          coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, no_drop, 0,
                          0, tloss)
@@ -737,7 +780,7 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
         G[P] = 0.0
         G[P + 1] = 0.0
         return
-    nt = n_slices(rows, gbuf.shape[0], forward_macs(sizes))
+    nt = n_slices(rows, gbuf.shape[0], 3 * forward_macs(sizes))
     loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
                      trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
                      tloss)

@@ -14,16 +14,18 @@ BLAS_MAX_HAND_OUTPUTS = 4
 BLAS_MIN_ROWS = 8
 
 # A batch is split over threads only when each thread gets at least this many rows and
-# this many forward multiply-adds (rows x sum of n_in*n_out); below, waking a second thread
-# costs more than it saves (narrow nets at small batches run on one thread, no parallel
-# region at all).
+# this much work (multiply-adds: rows x sum of n_in*n_out, times 3 when training). Waking a
+# pool thread that waits passively costs ~50-150 us: measured, 2 threads lose below ~4M
+# multiply-adds each (narrow nets at small batches run on one thread, no parallel region).
 MIN_ROWS_PER_THREAD = 8
-MIN_MACS_PER_THREAD = 500_000
+MIN_WORK_PER_THREAD = 4_000_000
 
 # Elements of the flat parameter vector per task of the optimizer pass, and the trainable
 # size below which that pass runs on one thread.
 UPDATE_BLOCK = 16384
 UPDATE_PARALLEL_MIN = 1_000_000   # measured: 2 threads lose below ~1M (0.17 vs 0.09 ms at 235k)
 
-# Rows per block when predicting: large enough for efficient BLAS calls, bounded scratch.
-PREDICT_BLOCK_ROWS = 2048
+# Inference works in blocks of rows whose Z and A scratch fits this many bytes: large blocks
+# amortise the start of a parallel region (narrow nets get ~13k rows, wide ones ~700).
+PREDICT_SCRATCH_BYTES = 16 * 2 ** 20
+PREDICT_MIN_ROWS = 256
