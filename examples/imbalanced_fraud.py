@@ -3,7 +3,6 @@
 About 2% of rows are positive. An unweighted model can score high accuracy by ignoring them;
 weighting the loss per class trades a little accuracy for far better recall on the frauds.
 """
-import numpy as np
 from sklearn.datasets import make_classification
 from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.model_selection import train_test_split

@@ -1,5 +1,4 @@
 """Regression (California-like synthetic data) with early stopping on a validation split."""
-import numpy as np
 from sklearn.datasets import make_friedman1
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler

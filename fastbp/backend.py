@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 # Load SciPy's BLAS (the one numba's np.dot calls) now, so that threadpoolctl sees it when
 # single_threaded_blas() first runs; loaded later, it would keep its own thread count.
-import scipy.linalg.cython_blas  # noqa: F401
+import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
 from numba import get_num_threads
 
 from .errors import ConfigError

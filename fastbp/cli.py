@@ -153,8 +153,8 @@ def _encode(y, loss, classes=None):
             return ids.astype(np.float64).reshape(-1, 1), classes
         return ids, classes
     if y.dtype.kind not in "fiub":
-        raise CLIError(f"a regression target must be numeric; use --loss cross_entropy for "
-                       f"class labels")
+        raise CLIError("a regression target must be numeric; use --loss cross_entropy for "
+                       "class labels")
     y = y.astype(np.float64)
     if not np.isfinite(y).all():
         raise CLIError("the target has missing, NaN or infinite values")

@@ -796,10 +796,9 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
     G[P + 1] = metric
 
 
-@njit(parallel=True, **_jit)
+@njit(**_jit)
 def apply_update(opt, params, G, state, hyper, lr, step, clip_norm, blocks, block_sq):
     """One optimizer step from the flat gradient G[:P] (e.g. after an allreduce)."""
     P = params.shape[0]
     G2 = G[:P].reshape(1, P)
-    nblocks = blocks.shape[0]
     update_all(opt, params, G2, 1, clip_norm, state, hyper, lr, step, blocks, block_sq)

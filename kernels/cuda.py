@@ -590,7 +590,6 @@ class CudaEngine:
         bs = s.batch_size
         nb = _cdiv(stop - start, bs)
         n_out = int(lay.sizes[-1])
-        hyper = opt.hyper()
         if nb > s.out.shape[0]:
             s.out = cuda.device_array((nb, 2), np.float64)
             s.sq = cuda.device_array(nb, np.float64)
