@@ -21,6 +21,9 @@ import time
 import numpy as np
 
 from .errors import ConfigError
+from .kernels.cpu import loss_sum
+from .kernels import math as km
+from .training import batch_rows, chunk_rates
 
 
 class DistributedError(RuntimeError):
@@ -81,20 +84,16 @@ def check_in_sync(coll, params, epoch):
 
 def reduced_evaluate(model, coll, Xv, Yv, wv):
     """evaluate() over the union of every rank's validation shard."""
-    from .kernels.cpu import loss_sum
     Z = model._forward(Xv, pre_activation=True)
     k = Yv.shape[1]
     if model.is_classifier:
-        if model.loss == "cross_entropy":
-            hits = (Z.argmax(1) == Yv.argmax(1)).astype(np.float64)
-        else:
-            hits = ((Z >= 0) == (Yv >= 0.5)).mean(axis=1)
-        s = np.array([loss_sum(Z, Z, Yv, wv, model._loss_code), wv.sum(), (hits * wv).sum(),
+        hits = model._row_hits(Z, Yv)
+        s = np.array([loss_sum(Z, Yv, wv, model._loss_code), wv.sum(), (hits * wv).sum(),
                       Xv.shape[0]], dtype=np.float64)
         coll.sum_(s)
         return {"loss": s[0] / s[3], "accuracy": s[2] / s[1]}
     w = wv[:, None]
-    s = np.concatenate([[loss_sum(Z, Z, Yv, wv, model._loss_code), Xv.shape[0], wv.sum()],
+    s = np.concatenate([[loss_sum(Z, Yv, wv, model._loss_code), Xv.shape[0], wv.sum()],
                         (w * Yv).sum(0), (w * Yv.astype(np.float64) ** 2).sum(0),
                         (w * (Z - Yv) ** 2).sum(0),
                         [(np.abs(Z - Yv).mean(1) * wv).sum()]]).astype(np.float64)
@@ -118,12 +117,6 @@ def run_epoch(model, plan, session, perm, callbacks, progress, step_schedule):
     return _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_schedule)
 
 
-def _lr(plan, step_schedule, step):
-    if step_schedule is None:
-        return plan.optimizer.lr
-    return float(step_schedule(np.array([step]))[0])
-
-
 def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step_schedule):
     coll, eng, bs = plan.coll, model._engine, plan.batch_size
     counts = plan.shard_sizes
@@ -131,14 +124,13 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
     P = model.n_params
     G = session.G
     steps = max(-(-c // bs) for c in counts)
-    per_elem = model.loss != "cross_entropy"
     loss_sum = metric_sum = 0.0
     last = time.perf_counter()
     for k in range(steps):
         b0 = k * bs
         rows = max(0, min(bs, n_local - b0))
         rows_g = sum(_rows_at(counts, b0, bs))
-        scale = 1.0 / (rows_g * (model.n_outputs if per_elem else 1))
+        scale = km.loss_scale(model._loss_code, rows_g, model.n_outputs)
         step = session.step_done + 1
         eng.batch_grads(session, perm, b0, rows, scale, step, G)
         G[P + 2] = 1.0 if session.interrupt.requested else 0.0
@@ -147,9 +139,10 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
         if not math.isfinite(batch_loss):
             session.bad_loss = batch_loss
             return None
-        eng.apply_update(session, G, _lr(plan, step_schedule, step), step, plan.clip_norm)
+        lr = float(chunk_rates(plan.optimizer, step_schedule, step, 1)[0])
+        eng.apply_update(session, G, lr, step, plan.clip_norm)
         session.step_done = step
-        session.last_lr = _lr(plan, step_schedule, step)
+        session.last_lr = lr
         loss_sum += batch_loss * rows_g
         metric_sum += float(G[P + 1])
         if G[P + 2]:
@@ -177,9 +170,7 @@ def _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_sched
         nb = max(0, min(k, my_batches - s0))
         if nb:
             start, stop = s0 * bs, min(n_local, (s0 + nb) * bs)
-            steps_arr = np.arange(session.step_done + 1, session.step_done + nb + 1)
-            lrs = (np.asarray(step_schedule(steps_arr), dtype=np.float64)
-                   if step_schedule is not None else np.full(nb, plan.optimizer.lr))
+            lrs = chunk_rates(plan.optimizer, step_schedule, session.step_done + 1, nb)
             done = eng.run_chunk(session, perm, start, stop, lrs, session.step_done,
                                  plan.clip_norm, out[:nb])
             if done < nb:
@@ -187,9 +178,7 @@ def _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_sched
                 bad = np.array([1.0])
             else:
                 bad = np.array([0.0])
-                rows = np.full(nb, bs, dtype=np.float64)
-                rows[-1] = stop - (start + (nb - 1) * bs)
-                acc += [out[:nb, 0] @ rows, out[:nb, 1].sum()]
+                acc += [out[:nb, 0] @ batch_rows(start, stop, bs, nb), out[:nb, 1].sum()]
             session.step_done += done
             session.last_lr = float(lrs[max(done - 1, 0)])
         else:

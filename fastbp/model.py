@@ -9,6 +9,7 @@ from .backend import make_engine, resolve_device, single_threaded_blas
 from .callbacks import Callback
 from .errors import ConfigError, DataError, DataTypeError
 from .kernels import math as km
+from .kernels.cpu import loss_sum
 from .optimizers import get_optimizer
 from .progress import Progress
 from .validation import (check_choice, check_dtype, check_number, check_positive_int,
@@ -481,9 +482,6 @@ class MLP:
         return self
 
     # ------------------------------------------------------------------- inference
-    def _check_fitted(self):
-        """Weights exist from construction; nothing to check (kept for the estimators)."""
-
     def _forward(self, X, n_layers=None, pre_activation=False, out=None):
         n_layers = self.layout.n_layers if n_layers is None else n_layers
         width = self.sizes[n_layers]
@@ -587,16 +585,19 @@ class MLP:
         w = check_sample_weight(sample_weight, Xc.shape[0])
         return self._evaluate_arrays(Xc, Y, w)
 
+    def _row_hits(self, Z, Y):
+        """Per row, the fraction of outputs predicted right from logits Z: the class for
+        cross_entropy, each 0/1 label for binary_cross_entropy."""
+        if self.loss == "cross_entropy":
+            return (Z.argmax(1) == Y.argmax(1)).astype(np.float64)
+        return ((Z >= 0) == (Y >= 0.5)).mean(axis=1)
+
     def _evaluate_arrays(self, Xc, Y, w):
         Z = self._forward(Xc, pre_activation=True)
-        from .kernels.cpu import loss_sum
-        loss = float(loss_sum(Z, Z, Y, w, self._loss_code)) / Xc.shape[0]
+        loss = float(loss_sum(Z, Y, w, self._loss_code)) / Xc.shape[0]
         res = {"loss": loss}
-        if self.loss == "cross_entropy":
-            res["accuracy"] = float(np.average(Z.argmax(1) == Y.argmax(1), weights=w))
-        elif self.loss == "binary_cross_entropy":
-            res["accuracy"] = float(np.average(((Z >= 0) == (Y >= 0.5)).mean(axis=1),
-                                               weights=w))
+        if self.is_classifier:
+            res["accuracy"] = float(np.average(self._row_hits(Z, Y), weights=w))
         else:
             ss_res = ((Z - Y) ** 2 * w[:, None]).sum(0)
             mean = np.average(Y, axis=0, weights=w)

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import distributed
 from .backend import single_threaded_blas
 from .callbacks import History, LearningRateScheduler, TerminateOnNaN
 from .errors import TrainingDivergedError
@@ -68,6 +67,13 @@ def chunk_batches(per_batch_s):
     if per_batch_s is None:
         return 1   # the first call may also pay compilation: measure it, then size chunks
     return max(1, int(CHUNK_SECONDS / max(per_batch_s, 1e-7)))
+
+
+def chunk_rates(optimizer, step_schedule, first_step, n):
+    """Learning rates of optimizer steps first_step .. first_step + n - 1."""
+    if step_schedule is None:
+        return np.full(n, optimizer.lr, dtype=np.float64)
+    return np.asarray(step_schedule(np.arange(first_step, first_step + n)), dtype=np.float64)
 
 
 def batch_rows(start, stop, batch_size, done):
@@ -139,6 +145,8 @@ def train(model, plan):
 
 
 def _run_epoch(model, plan, session, epoch, callbacks, progress, step_schedule):
+    if plan.coll is not None:
+        from . import distributed   # only with an MPI communicator; it builds on this module
     n = plan.X.shape[0]
     for cb in callbacks:
         cb.on_epoch_begin(epoch, {})
@@ -185,9 +193,7 @@ def _local_chunks(model, plan, session, perm, callbacks, progress, step_schedule
     while start < n:
         stop = min(n, start + chunk_batches(per_batch_s) * bs)
         nb = -(-(stop - start) // bs)
-        steps = np.arange(session.step_done + 1, session.step_done + nb + 1)
-        lrs = (np.asarray(step_schedule(steps), dtype=np.float64) if step_schedule is not None
-               else np.full(nb, opt.lr, dtype=np.float64))
+        lrs = chunk_rates(opt, step_schedule, session.step_done + 1, nb)
         tc = time.perf_counter()
         done = model._engine.run_chunk(session, perm, start, stop, lrs, session.step_done,
                                        plan.clip_norm, out[:nb])

@@ -76,10 +76,3 @@ class Workspace:
         self.gbuf = np.zeros((self.n_threads, layout.n_params), dtype=self.dtype)
         self.tloss = np.zeros((self.n_threads, 2), dtype=np.float64)   # [loss, metric]
 
-    def fits(self, batch_rows, dtype):
-        return (self.batch_rows >= batch_rows and self.dtype == np.dtype(dtype)
-                and self.n_threads >= get_num_threads())
-
-    @property
-    def nbytes(self):
-        return self.Z.nbytes + self.A.nbytes + self.D.nbytes + self.gbuf.nbytes

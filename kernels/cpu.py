@@ -46,6 +46,7 @@ sgd_step = _scalar.sgd_step
 adam_step = _scalar.adam_step
 rmsprop_step = _scalar.rmsprop_step
 adam_constants = _scalar.adam_constants
+loss_scale = _scalar.loss_scale
 dropout_keep = _scalar.dropout_keep
 
 
@@ -445,13 +446,6 @@ def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, act
                   Dbuf, r0, r1, g, drop, seed, step)
 
 
-@njit(**_jit)
-def loss_scale(loss, rows, n_out):
-    if loss == m.CROSS_ENTROPY:
-        return 1.0 / rows
-    return 1.0 / (rows * n_out)
-
-
 # ------------------------------------------------------------------------ optimizers
 
 @njit(**_jit)
@@ -587,9 +581,9 @@ def update_all(opt, params, gbuf, nt, clip_norm, state, hyper, lr, step, blocks,
 def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
                      trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
                      tloss):
-    """Forward, loss and backward of one batch split into ``nt`` row slices, slice t's
-    gradient into gbuf[t] and its [loss, metric] into tloss[t]. One slice runs in the
-    calling thread: no parallel region is started for it."""
+    """Forward, loss and backward of one batch split into ``nt`` row slices: slice t's
+    gradient goes into gbuf[t], and the batch's [scaled loss sum, metric sum] into tloss[0].
+    One slice runs in the calling thread: no parallel region is started for it."""
     if nt == 1:
         slice_loss_grad(X, Y, row_w, perm, b0, 0, rows, scale, params, sizes, acts, poff,
                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[0], drop,
@@ -599,6 +593,9 @@ def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts
         slice_loss_grad(X, Y, row_w, perm, b0, t * rows // nt, (t + 1) * rows // nt, scale,
                         params, sizes, acts, poff, coff, trainable, lowest, loss, B, Zbuf,
                         Abuf, Dbuf, gbuf[t], drop, seed, step, tloss[t])
+    for t in range(1, nt):
+        tloss[0, 0] += tloss[t, 0]
+        tloss[0, 1] += tloss[t, 1]
 
 
 # ------------------------------------------------------------------ compiled entries
@@ -626,13 +623,9 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
         loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, loss_scale(loss, rows, n_out),
                          params, sizes, acts, poff, coff, trainable, lowest, loss, batch_size,
                          Zbuf, Abuf, Dbuf, gbuf, drop, seed, step + k + 1, tloss)
-        total = 0.0
-        metric = 0.0
-        for t in range(nt):
-            total += tloss[t, 0]
-            metric += tloss[t, 1]
+        total = tloss[0, 0]
         losses[k, 0] = total
-        losses[k, 1] = metric
+        losses[k, 1] = tloss[0, 1]
         if not math.isfinite(total):
             return k
         update_all(opt, params, gbuf, nt, clip_norm, state, hyper, lrs[k], step + k + 1,
@@ -659,8 +652,7 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
         loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes, acts, poff,
                          coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, no_drop, 0,
                          0, tloss)
-        for t in range(nt):
-            total += tloss[t, 0]
+        total += tloss[0, 0]
         for i in prange(P):
             grads[i] += summed_grad(gbuf, nt, i)
     return total
@@ -709,8 +701,8 @@ def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Ab
 
 
 @njit(parallel=True, **_jit)
-def loss_sum(P, Z, Y, row_w, loss):
-    """Sum over rows of the per-row loss of probabilities/outputs P with logits Z (eval)."""
+def loss_sum(Z, Y, row_w, loss):
+    """Sum over rows of the weighted per-row loss of logits Z against targets Y (eval)."""
     n, k = Z.shape
     total = 0.0
     for i in prange(n):
@@ -746,17 +738,11 @@ def predict_rows(params, sizes, acts, poff, coff, loss, Zbuf, Abuf, X, out):
     """
     n = X.shape[0]
     L = sizes.shape[0] - 1
-    w = sizes[L]
     B = Zbuf.shape[0] // coff[L + 1]
     no_drop = np.zeros(L)
     for b0 in range(0, n, B):
-        rows = min(B, n - b0)
-        forward_rows(params, sizes, acts, poff, coff, loss, B, matrix_rows(X, b0, b0 + rows),
-                     Zbuf, Abuf, 0, rows, L, no_drop, 0, 0)
-        src = layer_rows(Abuf, B, coff, L, 0, rows, w)
-        for i in range(rows):
-            for j in range(w):
-                out[b0 + i, j] = src[i, j]
+        forward_slice(X, params, sizes, acts, poff, coff, loss, L, B, Zbuf, Abuf, out, False,
+                      b0, 0, min(B, n - b0), no_drop)
 
 
 # ------------------------------------------------- split step (data-parallel training)
@@ -787,13 +773,8 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
     for bi in prange(nblocks):
         for i in range(blocks[bi, 0], blocks[bi, 1]):
             G[i] = summed_grad(gbuf, nt, i)
-    total = 0.0
-    metric = 0.0
-    for t in range(nt):
-        total += tloss[t, 0]
-        metric += tloss[t, 1]
-    G[P] = total
-    G[P + 1] = metric
+    G[P] = tloss[0, 0]
+    G[P + 1] = tloss[0, 1]
 
 
 @njit(**_jit)

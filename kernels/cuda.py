@@ -481,12 +481,6 @@ class CudaFitSession:
         self.__dict__.update(kw)
 
 
-def _loss_scale(loss, rows, n_out):
-    if loss == m.CROSS_ENTROPY:
-        return 1.0 / rows
-    return 1.0 / (rows * n_out)
-
-
 class CudaEngine:
     """The CPU engine's contract (fastbp.backend.CPUEngine) with device-resident buffers."""
 
@@ -604,7 +598,7 @@ class CudaEngine:
             self._forward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, lay.n_layers,
                                  m_._drop, s.seed, t, s.status)
             self._output_loss(s.bufs, s.Y, s.row_w, s.perm, 1, b0, rows,
-                              _loss_scale(m_._loss_code, rows, n_out), s.out, b, s.status)
+                              m.loss_scale(m_._loss_code, rows, n_out), s.out, b, s.status)
             self._backward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, s.grads,
                                   s.trainable, s.lowest, m_._drop, s.seed, t, 0, s.status)
             if clip > 0.0:
@@ -754,7 +748,7 @@ class CudaEngine:
         no_drop = np.zeros(L)
         rows_cap = min(BLOCK_ROWS, n)
         bufs = RowBuffers(lay.sizes, rows_cap, m_.dtype)
-        scale = _loss_scale(m_._loss_code, n, int(lay.sizes[L]))
+        scale = m.loss_scale(m_._loss_code, n, int(lay.sizes[L]))
         for b0 in range(0, n, rows_cap):
             rows = min(rows_cap, n - b0)
             self._forward_layers(d_params, d_X, self._no_perm, 0, b0, rows, bufs, L, no_drop,

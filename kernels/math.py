@@ -137,6 +137,14 @@ def pointwise_loss_grad(code, z, y):
     return d
 
 
+def loss_scale(code, rows, n_out):
+    """Factor of a batch's summed loss: 1/rows for cross-entropy (mean over rows), 1/(rows *
+    n_out) for the elementwise losses (mean over all elements)."""
+    if code == CROSS_ENTROPY:
+        return 1.0 / rows
+    return 1.0 / (rows * n_out)
+
+
 def output_activate(code, z):
     """Output activation of the pointwise losses (softmax is handled row-wise)."""
     if code == BINARY_CROSS_ENTROPY:
@@ -233,7 +241,7 @@ def adam_constants(lr, beta1, beta2, weight_decay, decoupled, step):
 
 
 _FUNCTIONS = ("hash32", "dropout_keep", "sigmoid", "activate", "activate_grad", "bce_with_logits", "pointwise_loss",
-              "pointwise_loss_grad", "output_activate", "sgd_step", "adam_step",
+              "pointwise_loss_grad", "loss_scale", "output_activate", "sgd_step", "adam_step",
               "rmsprop_step", "adam_constants")
 
 
