@@ -16,7 +16,8 @@ from numba import get_num_threads
 
 from .errors import ConfigError
 from .kernels import cpu
-from .kernels.tuning import PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES
+from .kernels.tuning import (PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
+                             PREDICT_TILE_MIN_ROWS)
 from .workspace import Workspace
 
 log = logging.getLogger("fastbp")
@@ -82,6 +83,13 @@ def predict_block_rows(layout, dtype):
     """Rows per inference block: Z and A scratch within PREDICT_SCRATCH_BYTES."""
     per_row = 2 * layout.row_width * np.dtype(dtype).itemsize
     return max(PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES // per_row)
+
+
+def predict_tile_rows(layout, dtype, n_layers):
+    """Rows a thread carries through every layer at once: their Z and A rows fit
+    PREDICT_TILE_BYTES, so each layer's output is still in cache when the next reads it."""
+    per_row = 2 * int(sum(layout.sizes[1:n_layers + 1])) * np.dtype(dtype).itemsize
+    return max(PREDICT_TILE_MIN_ROWS, PREDICT_TILE_BYTES // per_row)
 
 
 class FitSession:
@@ -151,7 +159,8 @@ class CPUEngine:
         rows = min(predict_block_rows(lay, m.dtype), X.shape[0])
         Z, A = self._inference_scratch(rows)
         cpu.forward_into(X, m._params, lay.sizes, m._acts, lay.poff, lay.coff, m._loss_code,
-                         n_layers, rows, Z, A, out, pre_activation, get_num_threads())
+                         n_layers, rows, Z, A, out, pre_activation, get_num_threads(),
+                         predict_tile_rows(lay, m.dtype, n_layers))
         return out
 
     def _inference_scratch(self, rows):

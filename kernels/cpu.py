@@ -660,29 +660,38 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
 
 @njit(**_jit)
 def forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
-                  pre_activation, b0, r0, r1, no_drop):
-    """Rows b0+r0..b0+r1 of X forward; the last layer's Z or A into the same rows of out."""
+                  pre_activation, b0, r0, r1, tile, no_drop):
+    """Rows b0+r0..b0+r1 of X forward; the last layer's Z or A into the same rows of out.
+
+    The slice goes through in tiles of ``tile`` rows that all reuse the scratch rows
+    starting at r0: a slice of thousands of rows carried layer by layer would stream every
+    layer's output through memory instead of cache."""
     w = sizes[n_layers]
-    forward_rows(params, sizes, acts, poff, coff, loss, B, matrix_rows(X, b0 + r0, b0 + r1),
-                 Zbuf, Abuf, r0, r1, n_layers, no_drop, 0, 0)
-    if pre_activation:
-        src = layer_rows(Zbuf, B, coff, n_layers, r0, r1, w)
-    else:
-        src = layer_rows(Abuf, B, coff, n_layers, r0, r1, w)
-    for i in range(r1 - r0):
-        si = src[i]
-        oi = out[b0 + r0 + i]
-        for j in range(w):
-            oi[j] = si[j]
+    S = max(1, min(r1 - r0, tile))
+    for s0 in range(r0, r1, S):
+        s1 = min(s0 + S, r1)
+        t1 = r0 + (s1 - s0)
+        forward_rows(params, sizes, acts, poff, coff, loss, B,
+                     matrix_rows(X, b0 + s0, b0 + s1), Zbuf, Abuf, r0, t1, n_layers, no_drop,
+                     0, 0)
+        if pre_activation:
+            src = layer_rows(Zbuf, B, coff, n_layers, r0, t1, w)
+        else:
+            src = layer_rows(Abuf, B, coff, n_layers, r0, t1, w)
+        for i in range(s1 - s0):
+            si = src[i]
+            oi = out[b0 + s0 + i]
+            for j in range(w):
+                oi[j] = si[j]
 
 
 @njit(parallel=True, **_jit)
 def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
-                 pre_activation, max_slices):
+                 pre_activation, max_slices, tile):
     """Rows of X through the first ``n_layers`` layers, the result into ``out``.
 
     ``pre_activation`` selects Z (logits) instead of A for the last layer run. Works in
-    blocks of B rows, each block split over threads.
+    blocks of B rows, each block split over threads, each thread's rows in tiles of ``tile``.
     """
     n = X.shape[0]
     no_drop = np.zeros(sizes.shape[0] - 1)
@@ -692,11 +701,11 @@ def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Ab
         nt = n_slices(rows, max_slices, macs)
         if nt == 1:   # no parallel region for small blocks (single-row calls, say)
             forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
-                          out, pre_activation, b0, 0, rows, no_drop)
+                          out, pre_activation, b0, 0, rows, tile, no_drop)
             continue
         for t in prange(nt):
             forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
-                          out, pre_activation, b0, t * rows // nt, (t + 1) * rows // nt,
+                          out, pre_activation, b0, t * rows // nt, (t + 1) * rows // nt, tile,
                           no_drop)
 
 
@@ -742,7 +751,7 @@ def predict_rows(params, sizes, acts, poff, coff, loss, Zbuf, Abuf, X, out):
     no_drop = np.zeros(L)
     for b0 in range(0, n, B):
         forward_slice(X, params, sizes, acts, poff, coff, loss, L, B, Zbuf, Abuf, out, False,
-                      b0, 0, min(B, n - b0), no_drop)
+                      b0, 0, min(B, n - b0), B, no_drop)
 
 
 # ------------------------------------------------- split step (data-parallel training)

@@ -166,6 +166,20 @@ def test_one_row_predict(dtype):
     assert net.predict(x)[0] == proba.argmax()
 
 
+def test_large_predict_matches_reference_across_blocks_and_tiles(monkeypatch):
+    """Rows split into blocks, blocks over threads, each thread's rows in tiles: every row
+    must come out as the reference forward pass computes it, with uneven remainders."""
+    import fastbp.backend as backend
+    from reference import forward
+    net = fastbp.MLP([5, 16, 7, 3], activation="tanh", dtype="float64", device="cpu", seed=1)
+    X = np.random.default_rng(2).normal(size=(1001, 5))
+    expected = forward(net.get_weights(), X, activation="tanh")
+    monkeypatch.setattr(backend, "predict_block_rows", lambda *a: 400)
+    monkeypatch.setattr(backend, "predict_tile_rows", lambda *a: 37)
+    np.testing.assert_allclose(net.predict_proba(X), expected[1][-1], rtol=1e-12)
+    np.testing.assert_allclose(net.transform(X, 1), expected[1][2], rtol=1e-12)
+
+
 def test_one_row_fit_with_matching_batch_size():
     x = np.array([[0.5, -1.0, 2.0, 0.1]])
     net = fastbp.MLP([4, 8, 3], dtype="float64", device="cpu")
