@@ -15,7 +15,9 @@ for drift with a checksum every epoch. Rank 0 alone writes checkpoints, logs and
 Validation metrics are reduced across ranks. mpi4py is imported only when a communicator
 is passed.
 """
+import ctypes
 import math
+import os
 import time
 
 import numpy as np
@@ -60,6 +62,85 @@ class Collective:
 
     def allgather(self, value):
         return self.comm.allgather(value)
+
+
+CUDA_AWARE_ENV = "FASTBP_MPI_CUDA_AWARE"
+_CUDA_AWARE_VALUES = {"auto": None, "": None, "1": True, "0": False}
+
+
+def cuda_aware_setting(environ=None):
+    """The ``FASTBP_MPI_CUDA_AWARE`` override: None ("auto", the default), True ("1") or
+    False ("0"); any other value raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(CUDA_AWARE_ENV, "auto")
+    key = value.strip().lower()
+    if key not in _CUDA_AWARE_VALUES:
+        raise ConfigError(f"{CUDA_AWARE_ENV}={value!r}: use 1 (the MPI is CUDA-aware: pass "
+                          f"device buffers), 0 (stage through host memory) or auto (ask the "
+                          f"MPI library)")
+    return _CUDA_AWARE_VALUES[key]
+
+
+def cuda_aware(comm, setting=None):
+    """True when this rank's MPI library reports that it takes CUDA device buffers.
+
+    ``setting`` True or False overrides the question (see :func:`cuda_aware_setting`).
+    Asked in order: the MPI 4.1 ``mpi_memory_alloc_kinds`` info of ``comm``, which lists
+    the memory kinds the library accepts (``cuda`` or ``cuda:device`` covers device memory;
+    recent MPICH, Open MPI 6+); without that key, the ``MPIX_Query_cuda_support`` extension
+    of the loaded library (Open MPI 4 and 5, MVAPICH), which mpi4py does not wrap by
+    design. Anything else: False.
+    """
+    if setting is not None:
+        return bool(setting)
+    kinds = _info_value(comm, "mpi_memory_alloc_kinds")
+    if kinds is not None:
+        return any(k.strip() in ("cuda", "cuda:device") for k in kinds.split(","))
+    return _mpix_query_cuda_support()
+
+
+def _info_value(comm, key):
+    try:
+        info = comm.Get_info()
+    except (AttributeError, NotImplementedError, RuntimeError):  # MPI before 3.0
+        return None
+    try:
+        return info.Get(key)
+    finally:
+        info.Free()
+
+
+def _loaded_libmpi():
+    """The MPI library mpi4py has loaded, or None: RTLD_NOLOAD never loads another one."""
+    noload = getattr(os, "RTLD_NOLOAD", None)
+    if noload is None:      # Windows: no MPI there has the CUDA query
+        return None
+    for soname in ("libmpi.so.40", "libmpi.so.12", "libmpi.so", "libmpi.40.dylib",
+                   "libmpi.12.dylib", "libmpi.dylib"):
+        try:
+            return ctypes.CDLL(soname, mode=noload | os.RTLD_LAZY)
+        except OSError:
+            continue
+    return None
+
+
+def _mpix_query_cuda_support():
+    """MPIX_Query_cuda_support() of the loaded MPI library; False where it has none."""
+    query = getattr(_loaded_libmpi(), "MPIX_Query_cuda_support", None)
+    if query is None:
+        return False
+    query.restype, query.argtypes = ctypes.c_int, []
+    return bool(query())
+
+
+def device_buffers(coll, cuda_engine, setting):
+    """Collective: whether every rank passes device buffers to MPI (all do, or none does).
+
+    A rank takes the direct path only with the CUDA engine and a CUDA-aware MPI; one rank
+    that cannot makes every rank stage through host memory.
+    """
+    local = bool(cuda_engine) and cuda_aware(coll.comm, setting)
+    return all(coll.allgather(local))
 
 
 def global_ss_tot(coll, Y):
@@ -215,4 +296,5 @@ def crossover_batch(n_params, flops_per_s, n_ranks, link_gbit_s, **kw):
     return comm / compute1
 
 
-__all__ = ["Collective", "DistributedError", "cost_model", "crossover_batch"]
+__all__ = ["CUDA_AWARE_ENV", "Collective", "DistributedError", "cost_model",
+           "crossover_batch", "cuda_aware", "cuda_aware_setting", "device_buffers"]
