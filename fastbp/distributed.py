@@ -14,6 +14,10 @@ rows contributes zeros), so uneven shards never leave a rank waiting. Weights ar
 for drift with a checksum every epoch. Rank 0 alone writes checkpoints, logs and progress.
 Validation metrics are reduced across ranks. mpi4py is imported only when a communicator
 is passed.
+
+CUDA ranks hand MPI their device buffers directly when the MPI library is CUDA-aware (see
+:func:`cuda_aware`; ``FASTBP_MPI_CUDA_AWARE`` overrides the detection), else they stage the
+gradient and the parameters through host memory. Ranks agree on one of the two.
 """
 import ctypes
 import math
@@ -202,7 +206,6 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
     coll, eng, bs = plan.coll, model._engine, plan.batch_size
     counts = plan.shard_sizes
     n_local = plan.X.shape[0]
-    P = model.n_params
     G = session.G
     steps = max(-(-c // bs) for c in counts)
     loss_sum = metric_sum = 0.0
@@ -213,10 +216,12 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
         rows_g = sum(_rows_at(counts, b0, bs))
         scale = km.loss_scale(model._loss_code, rows_g, model.n_outputs)
         step = session.step_done + 1
-        eng.batch_grads(session, perm, b0, rows, scale, step, G)
-        G[P + 2] = 1.0 if session.interrupt.requested else 0.0
+        # G (host or device, see engine.grad_buffer) = [gradient | loss, metric, interrupt]
+        eng.batch_grads(session, perm, b0, rows, scale, step, G,
+                        flag=1.0 if session.interrupt.requested else 0.0)
+        eng.synchronize()
         coll.sum_(G)
-        batch_loss = float(G[P])
+        batch_loss, batch_metric, interrupted = (float(v) for v in eng.step_scalars(G))
         if not math.isfinite(batch_loss):
             session.bad_loss = batch_loss
             return None
@@ -225,8 +230,8 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
         session.step_done = step
         session.last_lr = lr
         loss_sum += batch_loss * rows_g
-        metric_sum += float(G[P + 1])
-        if G[P + 2]:
+        metric_sum += batch_metric
+        if interrupted:
             # Some rank was interrupted: the flag travelled in the same Allreduce, so every
             # rank stops after this same step and none waits alone in the next one.
             raise KeyboardInterrupt
@@ -268,8 +273,10 @@ def _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_sched
         if bad[0]:
             return None
         # Average the parameters: one Allreduce, then the same division on every rank.
-        coll.sum_(model._params)
-        model._params /= coll.size
+        params = eng.param_buffer(session, plan.device_buffers)
+        eng.synchronize()
+        coll.sum_(params)
+        eng.set_param_mean(session, params, coll.size)
         progress.chunk(min(n_local, (s0 + k) * bs), acc[0] / max(1, min(n_local, (s0 + k) * bs)))
     coll.sum_(acc)
     return acc[0], acc[1], sum(plan.shard_sizes)
