@@ -130,16 +130,39 @@ class CPUEngine:
                                s.optimizer.code, s.state, s.hyper, lrs, step, clip_norm,
                                s.blocks, s.block_sq, out, m._drop, s.seed)
 
-    def batch_grads(self, s, perm, b0, rows, scale, step, G):
-        """Gradient of one batch into G (data-parallel path); see kernels.cpu.batch_grads."""
+    # -- data-parallel steps (fastbp.distributed): every buffer is in host memory --------
+    def grad_buffer(self, s, on_device=False):
+        """[gradient | loss, metric, interrupt flag]: the buffer of the per-step Allreduce."""
+        return np.zeros(self.model.n_params + 3, dtype=self.model.dtype)
+
+    def batch_grads(self, s, perm, b0, rows, scale, step, G, flag=None):
+        """Gradient of one batch into G, and ``flag`` (if given) into G[P+2]; see
+        kernels.cpu.batch_grads."""
         m, lay, ws = self.model, self.model.layout, s.ws
         cpu.batch_grads(s.X, s.Y, s.row_w, perm, b0, rows, scale, m._params, lay.sizes,
                         m._acts, lay.poff, lay.coff, s.trainable, s.lowest, m._loss_code, ws.Z,
                         ws.A, ws.D, ws.gbuf, ws.tloss, s.blocks, m._drop, s.seed, step, G)
+        if flag is not None:
+            G[lay.n_params + 2] = flag
+
+    def synchronize(self):
+        """Nothing to wait for before MPI reads a buffer: the CPU kernels have returned."""
+
+    def step_scalars(self, G):
+        """[loss, metric, flag] of the (reduced) G."""
+        return G[self.model.n_params:]
 
     def apply_update(self, s, G, lr, step, clip_norm):
         cpu.apply_update(s.optimizer.code, self.model._params, G, s.state, s.hyper, lr, step,
                          clip_norm, s.blocks, s.block_sq)
+
+    def param_buffer(self, s, on_device=False):
+        """The parameters to sum across ranks (local SGD)."""
+        return self.model._params
+
+    def set_param_mean(self, s, params, n_ranks):
+        """``params`` holds the sum over ``n_ranks`` ranks: make it their mean."""
+        params /= n_ranks
 
     def end_fit(self, s):
         """Parameters and state live in host memory already; nothing to copy back."""

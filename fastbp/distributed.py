@@ -14,8 +14,14 @@ rows contributes zeros), so uneven shards never leave a rank waiting. Weights ar
 for drift with a checksum every epoch. Rank 0 alone writes checkpoints, logs and progress.
 Validation metrics are reduced across ranks. mpi4py is imported only when a communicator
 is passed.
+
+CUDA ranks hand MPI their device buffers directly when the MPI library is CUDA-aware (see
+:func:`cuda_aware`; ``FASTBP_MPI_CUDA_AWARE`` overrides the detection), else they stage the
+gradient and the parameters through host memory. Ranks agree on one of the two.
 """
+import ctypes
 import math
+import os
 import time
 
 import numpy as np
@@ -60,6 +66,85 @@ class Collective:
 
     def allgather(self, value):
         return self.comm.allgather(value)
+
+
+CUDA_AWARE_ENV = "FASTBP_MPI_CUDA_AWARE"
+_CUDA_AWARE_VALUES = {"auto": None, "": None, "1": True, "0": False}
+
+
+def cuda_aware_setting(environ=None):
+    """The ``FASTBP_MPI_CUDA_AWARE`` override: None ("auto", the default), True ("1") or
+    False ("0"); any other value raises :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(CUDA_AWARE_ENV, "auto")
+    key = value.strip().lower()
+    if key not in _CUDA_AWARE_VALUES:
+        raise ConfigError(f"{CUDA_AWARE_ENV}={value!r}: use 1 (the MPI is CUDA-aware: pass "
+                          f"device buffers), 0 (stage through host memory) or auto (ask the "
+                          f"MPI library)")
+    return _CUDA_AWARE_VALUES[key]
+
+
+def cuda_aware(comm, setting=None):
+    """True when this rank's MPI library reports that it takes CUDA device buffers.
+
+    ``setting`` True or False overrides the question (see :func:`cuda_aware_setting`).
+    Asked in order: the MPI 4.1 ``mpi_memory_alloc_kinds`` info of ``comm``, which lists
+    the memory kinds the library accepts (``cuda`` or ``cuda:device`` covers device memory;
+    recent MPICH, Open MPI 6+); without that key, the ``MPIX_Query_cuda_support`` extension
+    of the loaded library (Open MPI 4 and 5, MVAPICH), which mpi4py does not wrap by
+    design. Anything else: False.
+    """
+    if setting is not None:
+        return bool(setting)
+    kinds = _info_value(comm, "mpi_memory_alloc_kinds")
+    if kinds is not None:
+        return any(k.strip() in ("cuda", "cuda:device") for k in kinds.split(","))
+    return _mpix_query_cuda_support()
+
+
+def _info_value(comm, key):
+    try:
+        info = comm.Get_info()
+    except (AttributeError, NotImplementedError, RuntimeError):  # MPI before 3.0
+        return None
+    try:
+        return info.Get(key)
+    finally:
+        info.Free()
+
+
+def _loaded_libmpi():
+    """The MPI library mpi4py has loaded, or None: RTLD_NOLOAD never loads another one."""
+    noload = getattr(os, "RTLD_NOLOAD", None)
+    if noload is None:      # Windows: no MPI there has the CUDA query
+        return None
+    for soname in ("libmpi.so.40", "libmpi.so.12", "libmpi.so", "libmpi.40.dylib",
+                   "libmpi.12.dylib", "libmpi.dylib"):
+        try:
+            return ctypes.CDLL(soname, mode=noload | os.RTLD_LAZY)
+        except OSError:
+            continue
+    return None
+
+
+def _mpix_query_cuda_support():
+    """MPIX_Query_cuda_support() of the loaded MPI library; False where it has none."""
+    query = getattr(_loaded_libmpi(), "MPIX_Query_cuda_support", None)
+    if query is None:
+        return False
+    query.restype, query.argtypes = ctypes.c_int, []
+    return bool(query())
+
+
+def device_buffers(coll, cuda_engine, setting):
+    """Collective: whether every rank passes device buffers to MPI (all do, or none does).
+
+    A rank takes the direct path only with the CUDA engine and a CUDA-aware MPI; one rank
+    that cannot makes every rank stage through host memory.
+    """
+    local = bool(cuda_engine) and cuda_aware(coll.comm, setting)
+    return all(coll.allgather(local))
 
 
 def global_ss_tot(coll, Y):
@@ -121,7 +206,6 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
     coll, eng, bs = plan.coll, model._engine, plan.batch_size
     counts = plan.shard_sizes
     n_local = plan.X.shape[0]
-    P = model.n_params
     G = session.G
     steps = max(-(-c // bs) for c in counts)
     loss_sum = metric_sum = 0.0
@@ -132,10 +216,12 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
         rows_g = sum(_rows_at(counts, b0, bs))
         scale = km.loss_scale(model._loss_code, rows_g, model.n_outputs)
         step = session.step_done + 1
-        eng.batch_grads(session, perm, b0, rows, scale, step, G)
-        G[P + 2] = 1.0 if session.interrupt.requested else 0.0
+        # G (host or device, see engine.grad_buffer) = [gradient | loss, metric, interrupt]
+        eng.batch_grads(session, perm, b0, rows, scale, step, G,
+                        flag=1.0 if session.interrupt.requested else 0.0)
+        eng.synchronize()
         coll.sum_(G)
-        batch_loss = float(G[P])
+        batch_loss, batch_metric, interrupted = (float(v) for v in eng.step_scalars(G))
         if not math.isfinite(batch_loss):
             session.bad_loss = batch_loss
             return None
@@ -144,8 +230,8 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
         session.step_done = step
         session.last_lr = lr
         loss_sum += batch_loss * rows_g
-        metric_sum += float(G[P + 1])
-        if G[P + 2]:
+        metric_sum += batch_metric
+        if interrupted:
             # Some rank was interrupted: the flag travelled in the same Allreduce, so every
             # rank stops after this same step and none waits alone in the next one.
             raise KeyboardInterrupt
@@ -187,8 +273,10 @@ def _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_sched
         if bad[0]:
             return None
         # Average the parameters: one Allreduce, then the same division on every rank.
-        coll.sum_(model._params)
-        model._params /= coll.size
+        params = eng.param_buffer(session, plan.device_buffers)
+        eng.synchronize()
+        coll.sum_(params)
+        eng.set_param_mean(session, params, coll.size)
         progress.chunk(min(n_local, (s0 + k) * bs), acc[0] / max(1, min(n_local, (s0 + k) * bs)))
     coll.sum_(acc)
     return acc[0], acc[1], sum(plan.shard_sizes)
@@ -215,4 +303,5 @@ def crossover_batch(n_params, flops_per_s, n_ranks, link_gbit_s, **kw):
     return comm / compute1
 
 
-__all__ = ["Collective", "DistributedError", "cost_model", "crossover_batch"]
+__all__ = ["CUDA_AWARE_ENV", "Collective", "DistributedError", "cost_model",
+           "crossover_batch", "cuda_aware", "cuda_aware_setting", "device_buffers"]

@@ -266,7 +266,9 @@ class MLP:
         comm : mpi4py communicator, optional
             Data-parallel training: each rank passes its own shard and ``batch_size`` rows
             per rank per step (see :mod:`fastbp.distributed`). Start ranks from identical
-            weights (same ``seed``).
+            weights (same ``seed``). CUDA models hand MPI device buffers when the MPI
+            library reports CUDA support; the environment variable
+            ``FASTBP_MPI_CUDA_AWARE`` (auto, 1 or 0) overrides that detection.
         sync_every : int
             With ``comm``: 1 averages gradients every step (equivalent to one process at
             batch size ranks x batch_size); k > 1 averages parameters every k steps
@@ -302,6 +304,9 @@ class MLP:
             from .distributed import global_ss_tot
             plan.ss_tot = global_ss_tot(coll, plan.Y)
         plan.dropout_seed = (plan.dropout_seed + 7919 * coll.rank) % (2 ** 31 - 1)
+        from .distributed import device_buffers
+        plan.device_buffers = device_buffers(coll, self._engine.name == "cuda",
+                                             plan.cuda_aware)
 
     def partial_fit(self, X, y, batch_size=64, optimizer="adam", lr=None, shuffle=True,
                     sample_weight=None, class_weight=None, clip_norm=None, verbose=0):
@@ -316,6 +321,10 @@ class MLP:
                   callbacks, warm_start, sync_every=1, coll=None):
         """Validate every argument and the data; nothing about the model changes here."""
         sync_every = check_positive_int(sync_every, "sync_every")
+        cuda_aware = None
+        if coll is not None:
+            from .distributed import cuda_aware_setting
+            cuda_aware = cuda_aware_setting()   # FASTBP_MPI_CUDA_AWARE, checked on every rank
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         if lr is not None:
@@ -374,7 +383,8 @@ class MLP:
             batch_size=batch_size, shuffle=bool(shuffle), verbose=verbose,
             clip_norm=clip_norm or 0.0, callbacks=callbacks, validation=validation,
             ss_tot=ss_tot, dropout_seed=int(self._rng.integers(0, 2 ** 31 - 1)),
-            coll=coll, sync_every=sync_every, shard_sizes=None)
+            coll=coll, sync_every=sync_every, shard_sizes=None, cuda_aware=cuda_aware,
+            device_buffers=False)
 
     def _validation_arrays(self, validation_data):
         try:

@@ -91,6 +91,9 @@ def train(model, plan):
     history.params = dict(epochs=plan.epochs, batch_size=plan.batch_size, optimizer=repr(opt),
                           samples=plan.X.shape[0], validation_samples=(
                               0 if plan.validation is None else plan.validation[0].shape[0]))
+    if plan.coll is not None:
+        # what the ranks hand MPI: "device" buffers (CUDA-aware MPI) or "host" memory
+        history.params["mpi_buffers"] = "device" if plan.device_buffers else "host"
     callbacks = [cb for cb in plan.callbacks if not isinstance(cb, TerminateOnNaN)]
     if plan.coll is not None and plan.coll.rank != 0:
         # Rank 0 alone writes checkpoints and logs; decisions (early stopping, rate changes)
@@ -116,8 +119,9 @@ def train(model, plan):
         session.last_lr = opt.lr
         session.interrupt = interrupt
         if plan.coll is not None:
-            # [gradient | batch loss, metric sum, interrupt flag]: one Allreduce per step
-            session.G = np.zeros(model.n_params + 3, dtype=model.dtype)
+            # [gradient | batch loss, metric sum, interrupt flag]: one Allreduce per step,
+            # on the device when the engine is CUDA and the MPI library CUDA-aware
+            session.G = model._engine.grad_buffer(session, plan.device_buffers)
         try:
             for cb in callbacks:
                 cb.on_train_begin({})

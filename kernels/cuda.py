@@ -196,6 +196,28 @@ def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_s
                     0.0, hyper[3])
 
 
+@cuda.jit
+def step_buffer_tail(G, n_grad, out, flag, zero_grad):
+    """The device Allreduce buffer of a data-parallel step (gradient already in G[:n_grad]):
+    G[n_grad:] = [loss, metric] of out[0], then ``flag``; G[:n_grad] = 0 when ``zero_grad``
+    (a rank with no rows for this step contributes zeros)."""
+    i = cuda.grid(1)
+    if zero_grad != 0:
+        for j in range(i, n_grad, cuda.gridsize(1)):
+            G[j] = 0.0
+    if i == 0:
+        G[n_grad] = out[0, 0]
+        G[n_grad + 1] = out[0, 1]
+        G[n_grad + 2] = flag
+
+
+@cuda.jit
+def divide_vector(a, d):
+    """a /= d (the mean of parameters summed across ranks)."""
+    for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+        a[i] = a[i] / d
+
+
 # ------------------------------------------------------------- dtype-specific kernels
 
 def _build(ft):
@@ -443,6 +465,8 @@ def signatures(dtype):
         "update": (update, (i64, F1, F1, F2, D1, I2, i64, f64, f64, f64, f64, D1, D2, i64, I1)),
         "grad_sq_sum": (grad_sq_sum, (F1, I2, i64, D1, i64, I1)),
         "reset_chunk": (reset_chunk, (D2, D1, I1)),
+        "step_buffer_tail": (step_buffer_tail, (F1, i64, D2, f64, i64)),
+        "divide_vector": (divide_vector, (F1, f64)),
     }
 
 
@@ -612,7 +636,11 @@ class CudaEngine:
         bad = np.flatnonzero(~np.isfinite(res[:, 0]))
         return int(bad[0]) if bad.size else nb
 
-    # -- data-parallel steps (fastbp.distributed): gradient out, reduced gradient in -------
+    # -- data-parallel steps (fastbp.distributed) -------------------------------------
+    # With a CUDA-aware MPI the Allreduce buffers are device arrays: G's gradient part IS the
+    # gradient buffer of the backward pass, so no gradient crosses PCIe; only [loss, metric,
+    # interrupt flag] come back to the host. Otherwise G and the averaged parameters are
+    # staged through host memory.
     def _step_buffers(self, s):
         if getattr(s, "step_out", None) is None:
             s.step_out = cuda.device_array((1, 2), np.float64)
@@ -620,36 +648,70 @@ class CudaEngine:
             s.step_status = cuda.device_array(1, np.int64)
         reset_chunk[1, FLAT_THREADS](s.step_out, s.step_sq, s.step_status)
 
-    def batch_grads(self, s, perm, b0, rows, scale, step, G):
+    def grad_buffer(self, s, on_device=False):
+        """[gradient | loss, metric, interrupt flag]: the buffer of the per-step Allreduce, in
+        host memory (staged) or on the device (CUDA-aware MPI)."""
+        P = self.model.layout.n_params
+        G = np.zeros(P + 3, dtype=self.model.dtype)
+        if not on_device:
+            return G
+        G = cuda.to_device(G)       # zeros: frozen layers' spans are never written
+        s.grads = G[:P]             # the backward pass writes the gradient straight into G
+        return G
+
+    def batch_grads(self, s, perm, b0, rows, scale, step, G, flag=None):
         """Gradient of batch perm[b0:b0+rows] into G[:P] (trainable spans only), its scaled
-        loss sum into G[P] and metric sum into G[P+1]; as kernels.cpu.batch_grads."""
+        loss sum into G[P], metric sum into G[P+1] and ``flag`` (if given) into G[P+2]; as
+        kernels.cpu.batch_grads. G is a host array (the gradient is copied out) or the device
+        buffer of ``grad_buffer`` (filled on the device, nothing copied)."""
         m_ = self.model
         lay = m_.layout
         P = lay.n_params
-        spans = s.ranges_host
-        if rows == 0:
-            for a, b in spans:
-                G[a:b] = 0
-            G[P] = G[P + 1] = 0.0
+        self._step_buffers(s)       # zero loss and metric: a rank without rows adds zeros
+        if rows:
+            self._upload_perm(s, perm)
+            self._forward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, lay.n_layers,
+                                 m_._drop, s.seed, int(step), s.step_status)
+            self._output_loss(s.bufs, s.Y, s.row_w, s.perm, 1, b0, rows, float(scale),
+                              s.step_out, 0, s.step_status)
+            self._backward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, s.grads,
+                                  s.trainable, s.lowest, m_._drop, s.seed, int(step), 0,
+                                  s.step_status)
+        if not isinstance(G, np.ndarray):
+            zero = 0 if rows else 1
+            grid, block = _flat_grid(P) if zero else (1, 1)
+            step_buffer_tail[grid, block](G, P, s.step_out, float(flag or 0.0), zero)
             return
-        self._upload_perm(s, perm)
-        self._step_buffers(s)
-        self._forward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, lay.n_layers,
-                             m_._drop, s.seed, int(step), s.step_status)
-        self._output_loss(s.bufs, s.Y, s.row_w, s.perm, 1, b0, rows, float(scale), s.step_out,
-                          0, s.step_status)
-        self._backward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, s.grads, s.trainable,
-                              s.lowest, m_._drop, s.seed, int(step), 0, s.step_status)
-        g = s.grads.copy_to_host()
-        for a, b in spans:
-            G[a:b] = g[a:b]
+        g = s.grads.copy_to_host() if rows else None
+        for a, b in s.ranges_host:
+            G[a:b] = g[a:b] if rows else 0
         G[P], G[P + 1] = s.step_out.copy_to_host()[0]
+        if flag is not None:
+            G[P + 2] = flag
+
+    @staticmethod
+    def synchronize():
+        """Wait for the kernels and copies queued on the default stream.
+
+        Kernel launches return before the kernels run, and MPI knows nothing of CUDA
+        streams: handed a device pointer, it reads and writes the memory at once (from its
+        own streams or the network card), so the kernels that fill the buffer must have
+        finished first. Once the blocking Allreduce returns, the buffer holds the sum, and
+        kernels queued after it read the reduced values."""
+        cuda.default_stream().synchronize()
+
+    def step_scalars(self, G):
+        """[loss, metric, flag] of the (reduced) G, on the host: 3 values copied back."""
+        tail = G[self.model.layout.n_params:]
+        return tail if isinstance(tail, np.ndarray) else tail.copy_to_host()
 
     def apply_update(self, s, G, lr, step, clip_norm):
         """One optimizer step from the flat gradient G[:P] (after an allreduce)."""
         P = self.model.layout.n_params
         opt = s.optimizer
-        s.grads.copy_to_device(np.ascontiguousarray(G[:P]))
+        if isinstance(G, np.ndarray):
+            s.grads.copy_to_device(np.ascontiguousarray(G[:P]))
+        # else s.grads is G[:P] on the device, already reduced in place
         self._step_buffers(s)       # a zero loss row: the caller has checked the loss
         fgrid, fblock = _flat_grid(s.n_trainable)
         clip = float(clip_norm or 0.0)
@@ -660,6 +722,24 @@ class CudaEngine:
         update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
                               s.n_trainable, float(lr), bias1, bias2_sqrt, clip, s.step_sq,
                               s.step_out, 0, s.step_status)
+
+    def param_buffer(self, s, on_device=False):
+        """The parameters to sum across ranks (local SGD): the device vector itself, or a
+        host copy of it (staged)."""
+        if on_device:
+            return s.params
+        self.sync_params(s)
+        return self.model._params
+
+    def set_param_mean(self, s, params, n_ranks):
+        """``params`` holds the sum over ``n_ranks`` ranks: make it their mean (a host copy
+        goes back to the device)."""
+        if isinstance(params, np.ndarray):
+            params /= n_ranks
+            s.params.copy_to_device(params)
+        else:
+            grid, block = _flat_grid(params.shape[0])
+            divide_vector[grid, block](params, float(n_ranks))
 
     @staticmethod
     def _adam_bias(opt, t):

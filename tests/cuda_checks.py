@@ -222,6 +222,45 @@ def test_data_parallel_steps_match_cpu():
     _assert_weights_close(a, b, 1e-5, 1e-7)
 
 
+def test_device_allreduce_buffer_matches_host_staging():
+    """The buffers a CUDA-aware MPI gets (fastbp.distributed): the device G holds what the
+    staged host G holds, and updates from either give the same weights."""
+    cfg = dict(activation="relu", dtype="float32", seed=4)
+    X, y = _data("cross_entropy", 3)
+    Y = np.eye(3, dtype=np.float32)[y]
+    Xc = X.astype(np.float32)
+    perm = np.arange(N_ROWS, dtype=np.int64)[::-1].copy()
+    results = []
+    for on_device in (False, True):
+        m = fastbp.MLP([4, 5, 3], device="cuda", **cfg)
+        m.freeze(0)
+        P = m.n_params
+        opt = SGD(lr=0.05, momentum=0.9)
+        state = opt.init_state(P, m.dtype)
+        eng = m._engine
+        s = eng.begin_fit(Xc, Y, np.ones(N_ROWS), opt, state, BATCH, 11)
+        G = eng.grad_buffer(s, on_device)
+        assert isinstance(G, np.ndarray) != on_device
+        eng.batch_grads(s, perm, 4, 4, 0.25, 1, G, flag=1.0)
+        eng.synchronize()
+        G1 = G.copy() if not on_device else G.copy_to_host()
+        tail1 = np.array(eng.step_scalars(G))
+        eng.apply_update(s, G, 0.05, 1, 0.5)
+        eng.batch_grads(s, perm, 8, 0, 0.25, 2, G, flag=0.0)    # a rank without rows
+        G0 = G.copy() if not on_device else G.copy_to_host()
+        eng.end_fit(s)
+        results.append((G1, tail1, G0, state, m.get_weights()))
+    (G1a, ta, G0a, sa, wa), (G1b, tb, G0b, sb, wb) = results
+    np.testing.assert_array_equal(G1b, G1a)
+    assert G1a[-1] == 1.0 and ta[2] == 1.0 and ta[0] > 0
+    np.testing.assert_array_equal(tb, ta)
+    np.testing.assert_array_equal(G0b, np.zeros_like(G0a))
+    np.testing.assert_array_equal(G0a, np.zeros_like(G0a))
+    np.testing.assert_array_equal(sb, sa)
+    for p, q in zip(wa, wb):
+        np.testing.assert_array_equal(q, p)
+
+
 # -------------------------------------------------------------------- inference
 
 def test_inference_matches_cpu():
