@@ -24,8 +24,10 @@ import numpy as np
 from numba import njit, prange
 
 from . import math as m
+from .gemm import ASSIGN, ASSIGN_BIAS, gemm
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
-                     MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD, UPDATE_PARALLEL_MIN)
+                     GEMM_MAX_WEIGHTS, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
+                     UPDATE_PARALLEL_MIN)
 
 # error_model="numpy": a float division by zero gives inf/nan (caught by the divergence
 # checks) instead of raising. Python's model puts a branch on every division, which stops
@@ -87,6 +89,19 @@ def use_blas(rows, n_in, n_out):
 
 
 @njit(**_jit)
+def use_gemm(n_in, n_out):
+    """The register-blocked kernels of kernels.gemm: every layer but regression heads (a
+    handful of outputs wastes most of a vector) and layers too large for its unpacked
+    panels, where BLAS's packing wins (see GEMM_MAX_WEIGHTS)."""
+    return n_out > BLAS_MAX_HAND_OUTPUTS and n_in * n_out <= GEMM_MAX_WEIGHTS
+
+
+@njit(**_jit)
+def flat(X):
+    return X.reshape(X.size)
+
+
+@njit(**_jit)
 def n_slices(rows, max_slices, work_per_row):
     """How many threads share a batch of ``rows`` rows (at most ``max_slices``).
 
@@ -114,6 +129,10 @@ def dense_forward(A, W, b, Z):
     """Z = A @ W + b  (A: (m, n_in), W: (n_in, n_out), Z: (m, n_out))."""
     rows, n_in = A.shape
     n_out = W.shape[1]
+    if use_gemm(n_in, n_out):
+        gemm(flat(A), n_in, 1, flat(W), n_out, flat(Z), n_out, b, rows, n_out, n_in,
+             ASSIGN_BIAS)
+        return
     if use_blas(rows, n_in, n_out):
         np.dot(A, W, Z)
         for i in range(rows):
@@ -155,6 +174,9 @@ def dense_weight_grad(A, D, gW, gb):
         di = D[i]
         for j in range(n_out):
             gb[j] += di[j]
+    if use_gemm(n_in, n_out):
+        gemm(flat(A), 1, n_in, flat(D), n_out, flat(gW), n_out, gb, n_in, n_out, rows, ASSIGN)
+        return
     if use_blas(rows, n_in, n_out):
         np.dot(A.T, D, gW)
         return

@@ -13,6 +13,13 @@ BLAS_MIN_WEIGHTS = 1024
 BLAS_MAX_HAND_OUTPUTS = 4
 BLAS_MIN_ROWS = 8
 
+# Forward and weight-gradient products of layers with more than BLAS_MAX_HAND_OUTPUTS
+# outputs and at most GEMM_MAX_WEIGHTS weights go through the register-blocked kernels of
+# kernels.gemm instead (measured on one Zen 5 core, float32: 32x64x64 at ~120-190 GFLOP/s
+# against ~55 through BLAS, 64x784x256 at ~160 against ~90). Above it, B panels strided by
+# whole rows of a wide matrix thrash L1 and BLAS's packed panels win (1024x1024: 75 vs 100).
+GEMM_MAX_WEIGHTS = 262144
+
 # A batch is split over threads only when each thread gets at least this many rows and
 # this much work (multiply-adds: rows x sum of n_in*n_out, times 3 when training). Waking a
 # pool thread that waits passively costs ~50-150 us: measured, 2 threads lose below ~4M

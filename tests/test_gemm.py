@@ -1,0 +1,62 @@
+"""The register-blocked GEMM (kernels.gemm) against NumPy: every tail of the 4-row and
+2-vector blocking, K blocking, the three modes, both dtypes, and no write outside C."""
+import numpy as np
+import pytest
+
+from fastbp.kernels import gemm as g
+from fastbp.kernels.simd import VEC_BYTES
+
+SENTINEL = 12345.0
+
+
+def _case(rng, dtype, m, n, K, pad=19):
+    """Operands inside larger buffers, so that reads or writes past them are noticed."""
+    A = rng.standard_normal(m * K + pad).astype(dtype)
+    B = rng.standard_normal(K * n + pad).astype(dtype)
+    bias = rng.standard_normal(n + pad).astype(dtype)
+    C = np.full(m * n + pad, SENTINEL, dtype=dtype)
+    return A, B, bias, C
+
+
+def _tol(dtype):
+    return dict(rtol=2e-5, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_modes_and_tails_match_numpy(dtype):
+    rng = np.random.default_rng(0)
+    lanes = VEC_BYTES // np.dtype(dtype).itemsize
+    sizes_n = sorted({1, 3, lanes - 1, lanes, lanes + 1, 2 * lanes, 2 * lanes + 5, 5 * lanes - 2})
+    for m in (1, 3, 4, 7, 9):
+        for n in sizes_n:
+            for K in (1, 5, g.KC, g.KC + 3):
+                A, B, bias, C = _case(rng, dtype, m, n, K)
+                Am = A[:m * K].reshape(m, K).astype(np.float64)
+                Bm = B[:K * n].reshape(K, n).astype(np.float64)
+                # forward: C = A @ B + bias
+                g.gemm(A, K, 1, B, n, C, n, bias, m, n, K, g.ASSIGN_BIAS)
+                np.testing.assert_allclose(C[:m * n].reshape(m, n), Am @ Bm + bias[:n],
+                                           **_tol(dtype), err_msg=f"bias m={m} n={n} K={K}")
+                assert np.all(C[m * n:] == SENTINEL), "wrote past C"
+                # accumulate: C += A @ B
+                before = C[:m * n].reshape(m, n).astype(np.float64)
+                g.gemm(A, K, 1, B, n, C, n, bias, m, n, K, g.ACCUMULATE)
+                np.testing.assert_allclose(C[:m * n].reshape(m, n), before + Am @ Bm,
+                                           **_tol(dtype))
+                # transposed A (the weight gradient): C (K x n) = A^T @ B' with B' (m x n)
+                Bt = rng.standard_normal(m * n + 7).astype(dtype)
+                Ct = np.full(K * n + 7, SENTINEL, dtype=dtype)
+                g.gemm(A, 1, K, Bt, n, Ct, n, bias, K, n, m, g.ASSIGN)
+                np.testing.assert_allclose(
+                    Ct[:K * n].reshape(K, n),
+                    Am.T @ Bt[:m * n].reshape(m, n).astype(np.float64), **_tol(dtype))
+                assert np.all(Ct[K * n:] == SENTINEL)
+
+
+def test_gemm_with_no_reduction_gives_the_start_values():
+    C = np.full(8, SENTINEL)
+    bias = np.arange(4.0)
+    g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, C, 4, bias, 2, 4, 0, g.ASSIGN_BIAS)
+    np.testing.assert_array_equal(C, np.tile(bias, 2))
+    g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, C, 4, bias, 2, 4, 0, g.ASSIGN)
+    np.testing.assert_array_equal(C, 0.0)
