@@ -59,6 +59,7 @@ sgd_step = _scalar.sgd_step
 adam_step = _scalar.adam_step
 rmsprop_step = _scalar.rmsprop_step
 dropout_keep = _scalar.dropout_keep
+loss_scale = _scalar.loss_scale
 
 
 # ------------------------------------------------------------------ device helpers
@@ -150,6 +151,36 @@ def grad_sq_sum(grads, ranges, n_total, sq, k, status):
         cuda.atomic.add(sq, k, buf[0])
 
 
+@cuda.jit(device=True)
+def apply_update(opt, params, state, hyper, i, g, lr, bias1, bias2_sqrt):
+    """Optimizer step of parameter ``i`` with gradient ``g`` (kernels.cpu.update_range's
+    rules); ``update`` and the fused chunk kernel share it."""
+    if opt == m.SGD:
+        if hyper[0] != 0.0:
+            params[i], state[0, i] = sgd_step(params[i], g, state[0, i], lr, hyper[0],
+                                              hyper[1], hyper[2])
+        else:
+            params[i], _ = sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
+    elif opt == m.ADAM:
+        # bias1 = 1 - b1^t, bias2_sqrt = sqrt(1 - b2^t), from the host.
+        if hyper[4] != 0.0:
+            l2, decay = 0.0, 1.0 - lr * hyper[3]
+        else:
+            l2, decay = hyper[3], 1.0
+        params[i], state[0, i], state[1, i] = adam_step(
+            params[i], g, state[0, i], state[1, i], hyper[0], 1.0 - hyper[0], hyper[1],
+            1.0 - hyper[1], hyper[2], l2, decay, lr / bias1, 1.0 / bias2_sqrt)
+    else:  # RMSPROP
+        if hyper[2] > 0.0:
+            params[i], state[0, i], state[1, i] = rmsprop_step(
+                params[i], g, state[0, i], state[1, i], lr, hyper[0], 1.0 - hyper[0],
+                hyper[1], hyper[2], hyper[3])
+        else:
+            params[i], state[0, i], _ = rmsprop_step(
+                params[i], g, state[0, i], 0.0, lr, hyper[0], 1.0 - hyper[0], hyper[1],
+                0.0, hyper[3])
+
+
 @cuda.jit
 def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_sqrt,
            clip_norm, sq, out, k, status):
@@ -169,31 +200,7 @@ def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_s
         gscale = min(1.0, clip_norm / (math.sqrt(sq[k]) + 1e-6))
     for j in range(cuda.grid(1), n_total, cuda.gridsize(1)):
         i = _flat_index(ranges, j)
-        g = grads[i] * gscale
-        if opt == m.SGD:
-            if hyper[0] != 0.0:
-                params[i], state[0, i] = sgd_step(params[i], g, state[0, i], lr, hyper[0],
-                                                  hyper[1], hyper[2])
-            else:
-                params[i], _ = sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
-        elif opt == m.ADAM:
-            # bias1 = 1 - b1^t, bias2_sqrt = sqrt(1 - b2^t), from the host.
-            if hyper[4] != 0.0:
-                l2, decay = 0.0, 1.0 - lr * hyper[3]
-            else:
-                l2, decay = hyper[3], 1.0
-            params[i], state[0, i], state[1, i] = adam_step(
-                params[i], g, state[0, i], state[1, i], hyper[0], 1.0 - hyper[0], hyper[1],
-                1.0 - hyper[1], hyper[2], l2, decay, lr / bias1, 1.0 / bias2_sqrt)
-        else:  # RMSPROP
-            if hyper[2] > 0.0:
-                params[i], state[0, i], state[1, i] = rmsprop_step(
-                    params[i], g, state[0, i], state[1, i], lr, hyper[0], 1.0 - hyper[0],
-                    hyper[1], hyper[2], hyper[3])
-            else:
-                params[i], state[0, i], _ = rmsprop_step(
-                    params[i], g, state[0, i], 0.0, lr, hyper[0], 1.0 - hyper[0], hyper[1],
-                    0.0, hyper[3])
+        apply_update(opt, params, state, hyper, i, grads[i] * gscale, lr, bias1, bias2_sqrt)
 
 
 # ------------------------------------------------------------- dtype-specific kernels
@@ -326,14 +333,44 @@ def _build(ft):
             else:
                 grads[o] = acc
 
+    @cuda.jit(device=True)
+    def row_loss_delta(Z, r, Y, s, w, n_out, loss, D):
+        """Unweighted loss of row ``r`` of logits Z against target row ``s`` of Y; its
+        delta, times ``w``, into row ``r`` of D (D may be Z: each element is read before
+        it is written). Softmax (cross-entropy) and sigmoid (BCE) are fused with their
+        losses, so the delta is w * (a - y) up to the loss's scale, as in
+        kernels.cpu.loss_and_output_delta."""
+        li = 0.0
+        if loss == m.CROSS_ENTROPY:
+            zmax = Z[r, 0]
+            for j in range(1, n_out):
+                zmax = max(zmax, Z[r, j])
+            se = 0.0
+            for j in range(n_out):
+                se += math.exp(Z[r, j] - zmax)
+            lse = zmax + math.log(se)
+            inv = 1.0 / se
+            ysum = 0.0
+            for j in range(n_out):
+                y = Y[s, j]
+                if y != 0:
+                    li -= y * (Z[r, j] - lse)
+                ysum += y
+            # d/dz of -sum y log softmax(z) is softmax(z) * sum(y) - y.
+            for j in range(n_out):
+                a = ft(ft(math.exp(Z[r, j] - zmax)) * inv)
+                D[r, j] = w * (a * ysum - Y[s, j])
+        else:
+            for j in range(n_out):
+                li += pointwise_loss(loss, Z[r, j], Y[s, j])
+                D[r, j] = w * pointwise_loss_grad(loss, Z[r, j], Y[s, j])
+        return li
+
     @cuda.jit
     def output_loss(Z, Y, row_w, perm, gather, b0, rows, n_out, loss, scale, D, out, k,
                     status):
-        """Output delta of each row into D; out[k] += [scaled loss sum, metric sum].
-
-        Softmax (cross-entropy) and sigmoid (BCE) are fused with their losses, so the
-        delta is w * (a - y) up to the loss's scale, as in kernels.cpu.loss_and_output_delta.
-        """
+        """Output delta of each row into D (``row_loss_delta``); out[k] += [scaled loss
+        sum, metric sum]."""
         if status[0] != 0:
             return
         lbuf = cuda.shared.array(ROW_THREADS, np.float64)
@@ -346,31 +383,7 @@ def _build(ft):
             s = _src_row(perm, gather, b0, r)
             w = row_w[s] * scale
             metric = _row_metric(Z, r, Y, s, n_out, loss)
-            li = 0.0
-            if loss == m.CROSS_ENTROPY:
-                zmax = Z[r, 0]
-                for j in range(1, n_out):
-                    zmax = max(zmax, Z[r, j])
-                se = 0.0
-                for j in range(n_out):
-                    se += math.exp(Z[r, j] - zmax)
-                lse = zmax + math.log(se)
-                inv = 1.0 / se
-                ysum = 0.0
-                for j in range(n_out):
-                    y = Y[s, j]
-                    if y != 0:
-                        li -= y * (Z[r, j] - lse)
-                    ysum += y
-                # d/dz of -sum y log softmax(z) is softmax(z) * sum(y) - y.
-                for j in range(n_out):
-                    a = ft(ft(math.exp(Z[r, j] - zmax)) * inv)
-                    D[r, j] = w * (a * ysum - Y[s, j])
-            else:
-                for j in range(n_out):
-                    li += pointwise_loss(loss, Z[r, j], Y[s, j])
-                    D[r, j] = w * pointwise_loss_grad(loss, Z[r, j], Y[s, j])
-            total = w * li
+            total = w * row_loss_delta(Z, r, Y, s, w, n_out, loss, D)
         lbuf[t] = total
         mbuf[t] = metric
         _block_sum(lbuf, t, ROW_THREADS)
@@ -403,7 +416,8 @@ def _build(ft):
 
     return dict(dense_forward=dense_forward, dense_input_delta=dense_input_delta,
                 dense_weight_grad=dense_weight_grad, output_loss=output_loss,
-                output_activation=output_activation)
+                output_activation=output_activation,
+                row_loss_delta=row_loss_delta)   # a device function, for kernels.cuda_fused
 
 
 _KERNELS = {}
