@@ -18,6 +18,10 @@ One optimizer step on the device is, per batch:
 4. ``grad_sq_sum`` when clipping; ``update``: one pass over the trainable parameters for
    every optimizer, which also refuses the step when the batch loss is not finite.
 
+Networks whose widths all fit (``fused_tile_rows``, the size rule) train on the fully
+fused path of ``kernels.cuda_fused`` instead: one cooperative kernel per chunk carries tiles
+of rows through every layer in shared memory and applies the updates itself.
+
 Every kernel of a chunk is queued without waiting; a non-finite loss sets a device flag
 that makes the rest of the chunk's kernels return at once. The host reads back only the
 per-batch [loss, metric] rows of a chunk. X, Y, the row weights, parameters, optimizer
@@ -41,12 +45,33 @@ FLAT_THREADS = 256      # threads per block of the flat-vector kernels (power of
 FLAT_MAX_BLOCKS = 1024  # grid-stride cap of the flat-vector kernels
 BLOCK_ROWS = 65536      # rows per block of inference and of loss_and_grads
 
+# The fully fused path (kernels.cuda_fused) and its size rule, ``fused_tile_rows``.
+# UNMEASURED: these values come from hardware limits and first principles, not from timings
+# on a GPU; measure them (bench/) before trusting the fused-vs-layer choice. FUSED_THREADS
+# and FUSED_ROW_BLOCK are compiled into the kernels (set them before kernels.cuda_fused is
+# imported); the others are read at each fit.
+FUSED_MAX_WIDTH = 128       # every width, input and output included, at most this
+FUSED_THREADS = 128         # threads per block of the fused kernels (power of two)
+FUSED_ROW_BLOCK = 4         # rows (weight-gradient: weight rows) per thread's register block
+FUSED_MAX_TILE_ROWS = 64    # batch rows a block carries through the network at once
+FUSED_MIN_TILE_ROWS = 8     # fewer rows per tile re-read the weights too often: layer path
+FUSED_TARGET_BLOCKS = 128   # smaller tiles until a batch makes this many (~1 block per SM)
+FUSED_SMEM_BYTES = 48 * 1024  # shared memory per block without the opt-in attribute
+FUSED_MAX_BLOCKS = 1024     # blocks (= rows of gradient partials) of one batch, at most
+FUSED_PARTIAL_BYTES = 256 * 2 ** 20  # device memory for the gradient partials, at most
+FUSED_PATH = "auto"         # "auto": the size rule; "fused" or "layers" force a path
+FUSED_PERSISTENT = True     # one cooperative kernel per chunk; False: 3 launches per batch
+
 if config.ENABLE_CUDASIM:
     # The simulator runs every thread as a Python thread: small blocks keep the tests fast,
     # and tiles smaller than the test layers exercise the multi-tile paths. Same code.
     TILE = 4
     ROW_THREADS = 8
     FLAT_THREADS = 16
+    FUSED_THREADS = 8
+    FUSED_ROW_BLOCK = 2
+    FUSED_MAX_TILE_ROWS = 2     # batches of 3-4 rows: two tiles, the second maybe partial
+    FUSED_MIN_TILE_ROWS = 2
 TILE_PAD = TILE + 1     # shared tiles are padded by a column against bank conflicts
 
 _scalar = m.compile_with(cuda.jit(device=True), "cuda")
@@ -59,6 +84,7 @@ sgd_step = _scalar.sgd_step
 adam_step = _scalar.adam_step
 rmsprop_step = _scalar.rmsprop_step
 dropout_keep = _scalar.dropout_keep
+loss_scale = _scalar.loss_scale
 
 
 # ------------------------------------------------------------------ device helpers
@@ -150,6 +176,36 @@ def grad_sq_sum(grads, ranges, n_total, sq, k, status):
         cuda.atomic.add(sq, k, buf[0])
 
 
+@cuda.jit(device=True)
+def apply_update(opt, params, state, hyper, i, g, lr, bias1, bias2_sqrt):
+    """Optimizer step of parameter ``i`` with gradient ``g`` (kernels.cpu.update_range's
+    rules); ``update`` and the fused chunk kernel share it."""
+    if opt == m.SGD:
+        if hyper[0] != 0.0:
+            params[i], state[0, i] = sgd_step(params[i], g, state[0, i], lr, hyper[0],
+                                              hyper[1], hyper[2])
+        else:
+            params[i], _ = sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
+    elif opt == m.ADAM:
+        # bias1 = 1 - b1^t, bias2_sqrt = sqrt(1 - b2^t), from the host.
+        if hyper[4] != 0.0:
+            l2, decay = 0.0, 1.0 - lr * hyper[3]
+        else:
+            l2, decay = hyper[3], 1.0
+        params[i], state[0, i], state[1, i] = adam_step(
+            params[i], g, state[0, i], state[1, i], hyper[0], 1.0 - hyper[0], hyper[1],
+            1.0 - hyper[1], hyper[2], l2, decay, lr / bias1, 1.0 / bias2_sqrt)
+    else:  # RMSPROP
+        if hyper[2] > 0.0:
+            params[i], state[0, i], state[1, i] = rmsprop_step(
+                params[i], g, state[0, i], state[1, i], lr, hyper[0], 1.0 - hyper[0],
+                hyper[1], hyper[2], hyper[3])
+        else:
+            params[i], state[0, i], _ = rmsprop_step(
+                params[i], g, state[0, i], 0.0, lr, hyper[0], 1.0 - hyper[0], hyper[1],
+                0.0, hyper[3])
+
+
 @cuda.jit
 def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_sqrt,
            clip_norm, sq, out, k, status):
@@ -169,31 +225,7 @@ def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_s
         gscale = min(1.0, clip_norm / (math.sqrt(sq[k]) + 1e-6))
     for j in range(cuda.grid(1), n_total, cuda.gridsize(1)):
         i = _flat_index(ranges, j)
-        g = grads[i] * gscale
-        if opt == m.SGD:
-            if hyper[0] != 0.0:
-                params[i], state[0, i] = sgd_step(params[i], g, state[0, i], lr, hyper[0],
-                                                  hyper[1], hyper[2])
-            else:
-                params[i], _ = sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
-        elif opt == m.ADAM:
-            # bias1 = 1 - b1^t, bias2_sqrt = sqrt(1 - b2^t), from the host.
-            if hyper[4] != 0.0:
-                l2, decay = 0.0, 1.0 - lr * hyper[3]
-            else:
-                l2, decay = hyper[3], 1.0
-            params[i], state[0, i], state[1, i] = adam_step(
-                params[i], g, state[0, i], state[1, i], hyper[0], 1.0 - hyper[0], hyper[1],
-                1.0 - hyper[1], hyper[2], l2, decay, lr / bias1, 1.0 / bias2_sqrt)
-        else:  # RMSPROP
-            if hyper[2] > 0.0:
-                params[i], state[0, i], state[1, i] = rmsprop_step(
-                    params[i], g, state[0, i], state[1, i], lr, hyper[0], 1.0 - hyper[0],
-                    hyper[1], hyper[2], hyper[3])
-            else:
-                params[i], state[0, i], _ = rmsprop_step(
-                    params[i], g, state[0, i], 0.0, lr, hyper[0], 1.0 - hyper[0], hyper[1],
-                    0.0, hyper[3])
+        apply_update(opt, params, state, hyper, i, grads[i] * gscale, lr, bias1, bias2_sqrt)
 
 
 @cuda.jit
@@ -348,14 +380,44 @@ def _build(ft):
             else:
                 grads[o] = acc
 
+    @cuda.jit(device=True)
+    def row_loss_delta(Z, r, Y, s, w, n_out, loss, D):
+        """Unweighted loss of row ``r`` of logits Z against target row ``s`` of Y; its
+        delta, times ``w``, into row ``r`` of D (D may be Z: each element is read before
+        it is written). Softmax (cross-entropy) and sigmoid (BCE) are fused with their
+        losses, so the delta is w * (a - y) up to the loss's scale, as in
+        kernels.cpu.loss_and_output_delta."""
+        li = 0.0
+        if loss == m.CROSS_ENTROPY:
+            zmax = Z[r, 0]
+            for j in range(1, n_out):
+                zmax = max(zmax, Z[r, j])
+            se = 0.0
+            for j in range(n_out):
+                se += math.exp(Z[r, j] - zmax)
+            lse = zmax + math.log(se)
+            inv = 1.0 / se
+            ysum = 0.0
+            for j in range(n_out):
+                y = Y[s, j]
+                if y != 0:
+                    li -= y * (Z[r, j] - lse)
+                ysum += y
+            # d/dz of -sum y log softmax(z) is softmax(z) * sum(y) - y.
+            for j in range(n_out):
+                a = ft(ft(math.exp(Z[r, j] - zmax)) * inv)
+                D[r, j] = w * (a * ysum - Y[s, j])
+        else:
+            for j in range(n_out):
+                li += pointwise_loss(loss, Z[r, j], Y[s, j])
+                D[r, j] = w * pointwise_loss_grad(loss, Z[r, j], Y[s, j])
+        return li
+
     @cuda.jit
     def output_loss(Z, Y, row_w, perm, gather, b0, rows, n_out, loss, scale, D, out, k,
                     status):
-        """Output delta of each row into D; out[k] += [scaled loss sum, metric sum].
-
-        Softmax (cross-entropy) and sigmoid (BCE) are fused with their losses, so the
-        delta is w * (a - y) up to the loss's scale, as in kernels.cpu.loss_and_output_delta.
-        """
+        """Output delta of each row into D (``row_loss_delta``); out[k] += [scaled loss
+        sum, metric sum]."""
         if status[0] != 0:
             return
         lbuf = cuda.shared.array(ROW_THREADS, np.float64)
@@ -368,31 +430,7 @@ def _build(ft):
             s = _src_row(perm, gather, b0, r)
             w = row_w[s] * scale
             metric = _row_metric(Z, r, Y, s, n_out, loss)
-            li = 0.0
-            if loss == m.CROSS_ENTROPY:
-                zmax = Z[r, 0]
-                for j in range(1, n_out):
-                    zmax = max(zmax, Z[r, j])
-                se = 0.0
-                for j in range(n_out):
-                    se += math.exp(Z[r, j] - zmax)
-                lse = zmax + math.log(se)
-                inv = 1.0 / se
-                ysum = 0.0
-                for j in range(n_out):
-                    y = Y[s, j]
-                    if y != 0:
-                        li -= y * (Z[r, j] - lse)
-                    ysum += y
-                # d/dz of -sum y log softmax(z) is softmax(z) * sum(y) - y.
-                for j in range(n_out):
-                    a = ft(ft(math.exp(Z[r, j] - zmax)) * inv)
-                    D[r, j] = w * (a * ysum - Y[s, j])
-            else:
-                for j in range(n_out):
-                    li += pointwise_loss(loss, Z[r, j], Y[s, j])
-                    D[r, j] = w * pointwise_loss_grad(loss, Z[r, j], Y[s, j])
-            total = w * li
+            total = w * row_loss_delta(Z, r, Y, s, w, n_out, loss, D)
         lbuf[t] = total
         mbuf[t] = metric
         _block_sum(lbuf, t, ROW_THREADS)
@@ -425,7 +463,8 @@ def _build(ft):
 
     return dict(dense_forward=dense_forward, dense_input_delta=dense_input_delta,
                 dense_weight_grad=dense_weight_grad, output_loss=output_loss,
-                output_activation=output_activation)
+                output_activation=output_activation,
+                row_loss_delta=row_loss_delta)   # a device function, for kernels.cuda_fused
 
 
 _KERNELS = {}
@@ -451,7 +490,9 @@ def signatures(dtype):
     F1, F2 = nt.Array(ft, 1, "C"), nt.Array(ft, 2, "C")
     I1, I2 = nt.Array(i64, 1, "C"), nt.Array(i64, 2, "C")
     D1, D2 = nt.Array(f64, 1, "C"), nt.Array(f64, 2, "C")
+    from . import cuda_fused
     k = kernels_for(dtype)
+    f = cuda_fused.kernels_for(dtype)
     return {
         "dense_forward": (k["dense_forward"], (F2, I1, i64, i64, i64, i64, i64, F1, i64, F2, F2,
                                                i64, i64, f64, i64, i64, i64, I1)),
@@ -467,7 +508,85 @@ def signatures(dtype):
         "reset_chunk": (reset_chunk, (D2, D1, I1)),
         "step_buffer_tail": (step_buffer_tail, (F1, i64, D2, f64, i64)),
         "divide_vector": (divide_vector, (F1, f64)),
+        "fused_train_chunk": (f["fused_train_chunk"], (
+            F2, F2, D1, I1, i64, i64, i64, F1, F1, F2, D2, I1, I1, I1, D1, I1, i64, i64, i64,
+            i64, i64, i64, F2, D1, I2, i64, D2, f64, D2, I1)),
+        "fused_batch_grads": (f["fused_batch_grads"], (
+            F2, F2, D1, I1, i64, i64, f64, F1, F2, D2, I1, I1, I1, D1, I1, i64, i64, i64, i64,
+            i64, I1)),
+        "fused_reduce": (cuda_fused.fused_reduce, (F2, D2, i64, F1, I2, i64, D2, i64, I1)),
     }
+
+
+# ------------------------------------------------------------------------ size rule
+
+def _n_params(sizes):
+    return sum(int(a) * int(b) + int(b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def fused_tile_bytes(sizes, tile_rows, itemsize):
+    """Dynamic shared memory of one fused block (layout in kernels.cuda_fused): the tile's
+    X rows, every layer's pre-activations (later its deltas), and one activation scratch as
+    wide as the widest hidden layer."""
+    sizes = [int(n) for n in sizes]
+    per_row = sizes[0] + sum(sizes[1:]) + max(sizes[1:-1], default=0)
+    return tile_rows * per_row * itemsize
+
+
+def fused_smem_bytes(sizes, tile_rows, itemsize):
+    """All shared memory of one fused block: the tile, plus two float64 reduction buffers
+    of FUSED_THREADS (the loss and metric sums)."""
+    return fused_tile_bytes(sizes, tile_rows, itemsize) + 2 * FUSED_THREADS * 8
+
+
+def fused_slots(sizes, itemsize, batch_size, tile_rows):
+    """Blocks (each with its own row of gradient partials) of a fused batch: one per tile,
+    at most FUSED_MAX_BLOCKS and as many rows of n_params as FUSED_PARTIAL_BYTES holds.
+    With fewer blocks than tiles, each block takes several tiles."""
+    per_slot = _n_params(sizes) * itemsize
+    return min(FUSED_MAX_BLOCKS, _cdiv(int(batch_size), tile_rows),
+               FUSED_PARTIAL_BYTES // per_slot)
+
+
+def fused_tile_rows(sizes, dtype, batch_size, path=None):
+    """The size rule: rows per tile of the fused path, or 0 for the layer-by-layer path.
+
+    Tiles have rows in steps of FUSED_ROW_BLOCK: enough for the batch to make about
+    FUSED_TARGET_BLOCKS tiles (blocks to fill the GPU), at least FUSED_MIN_TILE_ROWS (each
+    tile re-reads every weight), at most FUSED_MAX_TILE_ROWS and the batch, and fewer
+    while the block's shared memory exceeds FUSED_SMEM_BYTES. The fused path is taken when
+    every width is at most FUSED_MAX_WIDTH, the tile keeps at least FUSED_MIN_TILE_ROWS
+    rows (or the whole batch, if smaller), and one block's gradient partials fit
+    FUSED_PARTIAL_BYTES (``fused_slots``). ``path`` (default FUSED_PATH): "auto", or
+    "fused"/"layers" to force one; forcing the fused path where its buffers do not fit
+    raises ValueError.
+    """
+    path = FUSED_PATH if path is None else path
+    if path not in ("auto", "fused", "layers"):
+        raise ValueError(f"FUSED_PATH must be 'auto', 'fused' or 'layers', not {path!r}")
+    if path == "layers":
+        return 0
+    itemsize = np.dtype(dtype).itemsize
+    batch_size = int(batch_size)
+
+    def in_blocks(n):
+        return _cdiv(n, FUSED_ROW_BLOCK) * FUSED_ROW_BLOCK
+
+    whole = in_blocks(batch_size)
+    spread = in_blocks(_cdiv(batch_size, FUSED_TARGET_BLOCKS))
+    rows = min(FUSED_MAX_TILE_ROWS, whole, max(FUSED_MIN_TILE_ROWS, spread))
+    while rows > 0 and fused_smem_bytes(sizes, rows, itemsize) > FUSED_SMEM_BYTES:
+        rows -= FUSED_ROW_BLOCK
+    fits = rows > 0 and fused_slots(sizes, itemsize, batch_size, rows) > 0
+    if path == "fused":
+        if not fits:
+            raise ValueError(f"the fused path does not fit layers {list(sizes)} at batch "
+                             f"size {batch_size}")
+        return rows
+    narrow = max(int(n) for n in sizes) <= FUSED_MAX_WIDTH
+    if fits and narrow and rows >= min(FUSED_MIN_TILE_ROWS, whole):
+        return rows
+    return 0
 
 
 # -------------------------------------------------------------------------- launches
@@ -482,6 +601,17 @@ def _gemm_grid(n_cols, n_rows):
 
 def _flat_grid(n):
     return min(FLAT_MAX_BLOCKS, max(1, _cdiv(n, FLAT_THREADS))), FLAT_THREADS
+
+
+def _cudadevrt_found():
+    """Grid sync links the CUDA device runtime, a static library (in the toolkit or the
+    CUDA runtime wheel); the test is numba-cuda's own (numba.cuda.testing)."""
+    from numba.cuda.cudadrv import libs
+    try:
+        libs.check_static_lib(libs.get_cudalib("cudadevrt", static=True))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class RowBuffers:
@@ -512,7 +642,9 @@ class CudaEngine:
 
     def __init__(self, model):
         self.model = model
+        from . import cuda_fused
         self._k = kernels_for(model.dtype)
+        self._f = cuda_fused.kernels_for(model.dtype)
         self._no_stop = cuda.to_device(np.zeros(1, dtype=np.int64))
         self._no_perm = cuda.to_device(np.zeros(1, dtype=np.int64))
         self._active = None
@@ -592,8 +724,97 @@ class CudaEngine:
             out=cuda.device_array((cap, 2), np.float64), sq=cuda.device_array(cap, np.float64),
             status=cuda.to_device(np.zeros(1, np.int64)), per_batch_s=None, step_done=0,
             active=True)
+        s.fused = self._begin_fused(s)
         self._active = s
         return s
+
+    def _begin_fused(self, s):
+        """The fused path's buffers when the size rule picks it for this fit, else None."""
+        m_ = self.model
+        lay = m_.layout
+        bs = min(s.batch_size, s.n)
+        rows = fused_tile_rows(lay.sizes, m_.dtype, bs)
+        if not rows:
+            return None
+        n_slots = fused_slots(lay.sizes, m_.dtype.itemsize, bs, rows)
+        return CudaFitSession(
+            tile_rows=rows, n_slots=n_slots, blocks=None,
+            smem=fused_tile_bytes(lay.sizes, rows, m_.dtype.itemsize),
+            sizes=cuda.to_device(lay.sizes.astype(np.int64)),
+            poff=cuda.to_device(lay.poff.astype(np.int64)),
+            acts=cuda.to_device(np.asarray(m_._acts, dtype=np.int64)),
+            drop=cuda.to_device(np.asarray(m_._drop, dtype=np.float64)),
+            trainable=cuda.to_device(s.trainable.astype(np.int64)),
+            partials=cuda.device_array((n_slots, lay.n_params), m_.dtype),
+            part=cuda.device_array((n_slots, 3), np.float64),
+            rates=cuda.device_array((s.out.shape[0], 3), np.float64))
+
+    def _fused_blocks(self, f, args):
+        """Blocks of the cooperative chunk kernel, or 0 where it cannot run: the grid must
+        fit on the device at once (the occupancy API says how many blocks do)."""
+        if not FUSED_PERSISTENT:
+            return 0
+        if f.blocks is None:
+            if config.ENABLE_CUDASIM:
+                f.blocks = 1        # the simulator's grid sync only syncs one block
+            elif not (cuda.get_current_device().COOPERATIVE_LAUNCH and _cudadevrt_found()):
+                f.blocks = 0
+            else:
+                kern = self._f["fused_train_chunk"]
+                compiled = kern.compile(tuple(kern.typeof_pyval(a) for a in args))
+                f.blocks = min(f.n_slots, compiled.max_cooperative_grid_blocks(
+                    FUSED_THREADS, f.smem))
+        return f.blocks
+
+    def _fused_phase1(self, s, b0, rows, scale, step, status):
+        """fused_batch_grads over as many blocks as the batch has tiles (at most n_slots);
+        returns that count, the number of partials to reduce."""
+        f = s.fused
+        blocks = min(f.n_slots, _cdiv(rows, f.tile_rows))
+        self._f["fused_batch_grads"][blocks, FUSED_THREADS, 0, f.smem](
+            s.X, s.Y, s.row_w, s.perm, b0, rows, float(scale), s.params, f.partials, f.part,
+            f.sizes, f.poff, f.acts, f.drop, f.trainable, s.lowest, int(self.model._loss_code),
+            s.seed, int(step), f.tile_rows, status)
+        return blocks
+
+    def _fused_chunk(self, s, start, stop, nb, lrs, step, clip):
+        """run_chunk on the fused path: one cooperative launch for the chunk, or per batch
+        fused_batch_grads + fused_reduce (+ grad_sq_sum) + update where that cannot run."""
+        m_ = self.model
+        f = s.fused
+        opt = s.optimizer
+        if f.rates.shape[0] < nb:
+            f.rates = cuda.device_array((nb, 3), np.float64)
+        rates = np.ones(f.rates.shape, dtype=np.float64)
+        for b in range(nb):
+            rates[b] = (float(lrs[b]),) + self._adam_bias(opt, int(step) + b + 1)
+        f.rates.copy_to_device(rates)
+        args = (s.X, s.Y, s.row_w, s.perm, start, stop, s.batch_size, s.params, s.grads,
+                f.partials, f.part, f.sizes, f.poff, f.acts, f.drop, f.trainable, s.lowest,
+                int(m_._loss_code), s.seed, int(step), f.tile_rows, opt.code, s.dev_state,
+                s.hyper, s.ranges, s.n_trainable, f.rates, clip, s.out, s.status)
+        blocks = self._fused_blocks(f, args)
+        if blocks:
+            # Every batch row of out is written before the host reads it: no reset needed.
+            self._f["fused_train_chunk"][blocks, FUSED_THREADS, 0, f.smem](*args)
+            return
+        from .cuda_fused import fused_reduce
+        reset_chunk[_cdiv(max(nb, 1), FLAT_THREADS), FLAT_THREADS](s.out, s.sq, s.status)
+        fgrid, fblock = _flat_grid(s.n_trainable)
+        n_out = int(m_.layout.sizes[-1])
+        for b in range(nb):
+            b0 = start + b * s.batch_size
+            rows = min(s.batch_size, stop - b0)
+            t = int(step) + b + 1
+            used = self._fused_phase1(s, b0, rows, m.loss_scale(m_._loss_code, rows, n_out),
+                                      t, s.status)
+            fused_reduce[fgrid, fblock](f.partials, f.part, used, s.grads, s.ranges,
+                                        s.n_trainable, s.out, b, s.status)
+            if clip > 0.0:
+                grad_sq_sum[fgrid, fblock](s.grads, s.ranges, s.n_trainable, s.sq, b, s.status)
+            update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
+                                  s.n_trainable, float(rates[b, 0]), float(rates[b, 1]),
+                                  float(rates[b, 2]), clip, s.sq, s.out, b, s.status)
 
     def _upload_perm(self, s, perm):
         if s.perm_host is None or not np.array_equal(perm, s.perm_host):
@@ -602,19 +823,30 @@ class CudaEngine:
 
     def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, out):
         """Batches of perm[start:stop]; out[k] = [loss, metric sum]; returns steps applied."""
-        m_ = self.model
-        lay = m_.layout
-        opt = s.optimizer
-        bs = s.batch_size
-        nb = _cdiv(stop - start, bs)
-        n_out = int(lay.sizes[-1])
+        nb = _cdiv(stop - start, s.batch_size)
         if nb > s.out.shape[0]:
             s.out = cuda.device_array((nb, 2), np.float64)
             s.sq = cuda.device_array(nb, np.float64)
         self._upload_perm(s, perm)
+        clip = float(clip_norm or 0.0)
+        if s.fused is not None:
+            self._fused_chunk(s, start, stop, nb, lrs, step, clip)
+        else:
+            self._layer_chunk(s, start, stop, nb, lrs, step, clip)
+        res = s.out[:nb].copy_to_host()
+        out[:nb] = res
+        bad = np.flatnonzero(~np.isfinite(res[:, 0]))
+        return int(bad[0]) if bad.size else nb
+
+    def _layer_chunk(self, s, start, stop, nb, lrs, step, clip):
+        """run_chunk on the layer-by-layer path: about 3 launches per layer per batch."""
+        m_ = self.model
+        lay = m_.layout
+        opt = s.optimizer
+        bs = s.batch_size
+        n_out = int(lay.sizes[-1])
         reset_chunk[_cdiv(max(nb, 1), FLAT_THREADS), FLAT_THREADS](s.out, s.sq, s.status)
         fgrid, fblock = _flat_grid(s.n_trainable)
-        clip = float(clip_norm or 0.0)
         for b in range(nb):
             b0 = start + b * bs
             rows = min(bs, stop - b0)
@@ -631,10 +863,6 @@ class CudaEngine:
             update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
                                   s.n_trainable, float(lrs[b]), bias1, bias2_sqrt, clip, s.sq,
                                   s.out, b, s.status)
-        res = s.out[:nb].copy_to_host()
-        out[:nb] = res
-        bad = np.flatnonzero(~np.isfinite(res[:, 0]))
-        return int(bad[0]) if bad.size else nb
 
     # -- data-parallel steps (fastbp.distributed) -------------------------------------
     # With a CUDA-aware MPI the Allreduce buffers are device arrays: G's gradient part IS the
@@ -670,13 +898,21 @@ class CudaEngine:
         self._step_buffers(s)       # zero loss and metric: a rank without rows adds zeros
         if rows:
             self._upload_perm(s, perm)
-            self._forward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, lay.n_layers,
-                                 m_._drop, s.seed, int(step), s.step_status)
-            self._output_loss(s.bufs, s.Y, s.row_w, s.perm, 1, b0, rows, float(scale),
-                              s.step_out, 0, s.step_status)
-            self._backward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, s.grads,
-                                  s.trainable, s.lowest, m_._drop, s.seed, int(step), 0,
-                                  s.step_status)
+            if s.fused is not None:
+                from .cuda_fused import fused_reduce
+                used = self._fused_phase1(s, b0, rows, scale, step, s.step_status)
+                fgrid, fblock = _flat_grid(s.n_trainable)
+                fused_reduce[fgrid, fblock](s.fused.partials, s.fused.part, used, s.grads,
+                                            s.ranges, s.n_trainable, s.step_out, 0,
+                                            s.step_status)
+            else:
+                self._forward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, lay.n_layers,
+                                     m_._drop, s.seed, int(step), s.step_status)
+                self._output_loss(s.bufs, s.Y, s.row_w, s.perm, 1, b0, rows, float(scale),
+                                  s.step_out, 0, s.step_status)
+                self._backward_layers(s.params, s.X, s.perm, 1, b0, rows, s.bufs, s.grads,
+                                      s.trainable, s.lowest, m_._drop, s.seed, int(step), 0,
+                                      s.step_status)
         if not isinstance(G, np.ndarray):
             zero = 0 if rows else 1
             grid, block = _flat_grid(P) if zero else (1, 1)

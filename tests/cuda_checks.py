@@ -12,6 +12,8 @@ from numba import config, cuda
 import fastbp
 from fastbp.errors import TrainingDivergedError
 from fastbp.kernels import cpu
+from fastbp.kernels import cuda as kc
+from fastbp.kernels import math as km
 from fastbp.optimizers import SGD, Adam, AdamW, RMSprop
 
 SIM = bool(config.ENABLE_CUDASIM)
@@ -32,6 +34,41 @@ def _data(loss, n_out, n=N_ROWS, seed=0):
     else:
         y = rng.normal(size=(n, n_out))
     return X, y
+
+
+# The training paths of the CUDA engine: "layers" (layer-by-layer kernels), "fused" (one
+# cooperative kernel per chunk; one block under the simulator) and "launches" (the fused
+# kernels launched per batch, over as many blocks as the batch has tiles).
+PATHS = ["layers", "fused", "launches"]
+FUSED_PATHS = ["fused", "launches"]
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """Force one path (parametrize with indirect=True) and check that it is the one run."""
+    name = request.param
+    monkeypatch.setattr(kc, "FUSED_PATH", "layers" if name == "layers" else "fused")
+    monkeypatch.setattr(kc, "FUSED_PERSISTENT", name == "fused")
+    calls = []
+
+    def spy(method):
+        original = getattr(kc.CudaEngine, method)
+
+        def wrapper(self, *args, **kw):
+            res = original(self, *args, **kw)
+            calls.append((method, res))
+            return res
+        monkeypatch.setattr(kc.CudaEngine, method, wrapper)
+
+    for method in ("_layer_chunk", "_backward_layers", "_fused_chunk", "_fused_phase1",
+                   "_fused_blocks"):
+        spy(method)
+    yield name
+    ran = {method for method, _ in calls}
+    assert bool(ran & {"_fused_chunk", "_fused_phase1"}) == (name != "layers"), ran
+    assert bool(ran & {"_layer_chunk", "_backward_layers"}) == (name == "layers"), ran
+    blocks = [res for method, res in calls if method == "_fused_blocks"]
+    assert all(blocks) if name == "fused" else not any(blocks), blocks
 
 
 def _pair(sizes, **kw):
@@ -95,8 +132,9 @@ OPTIMIZERS = [
 ]
 
 
+@pytest.mark.parametrize("path", ["layers", "fused"], indirect=True)
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=repr)
-def test_one_epoch_matches_cpu_every_optimizer(opt):
+def test_one_epoch_matches_cpu_every_optimizer(opt, path):
     a, b = _pair([4, 5, 3], activation="relu")
     X, y = _data("cross_entropy", 3)
     _fit_both(a, b, X, y, optimizer=opt)
@@ -104,7 +142,8 @@ def test_one_epoch_matches_cpu_every_optimizer(opt):
 
 @pytest.mark.parametrize("loss, act", [("binary_cross_entropy", "gelu"), ("mse", "elu"),
                                        ("mae", "leaky_relu"), ("huber", "sigmoid")])
-def test_one_epoch_matches_cpu_every_loss(loss, act):
+@pytest.mark.parametrize("path", ["layers", "fused"], indirect=True)
+def test_one_epoch_matches_cpu_every_loss(loss, act, path):
     a, b = _pair([4, 5, 2], activation=act, loss=loss)
     X, y = _data(loss, 2)
     _fit_both(a, b, X, y, optimizer="sgd", lr=0.1)
@@ -135,14 +174,16 @@ def test_dropout_masks_match_cpu():
     eng.end_fit(s)
 
 
-def test_dropout_fit_matches_cpu():
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_dropout_fit_matches_cpu(path):
     a, b = _pair([4, 6, 5, 3], activation="relu", dropout=[0.3, 0.5])
     X, y = _data("cross_entropy", 3)
     _fit_both(a, b, X, y, optimizer="adam", lr=0.01, epochs=2, shuffle=True)
 
 
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize("frozen", [0, 1])
-def test_frozen_layers(frozen):
+def test_frozen_layers(frozen, path):
     a, b = _pair([4, 5, 4, 3], activation="tanh")
     a.freeze(frozen)
     b.freeze(frozen)
@@ -155,10 +196,21 @@ def test_frozen_layers(frozen):
     assert not np.array_equal(after[4], before[4])
 
 
-def test_clip_norm_matches_cpu():
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_clip_norm_matches_cpu(path):
     a, b = _pair([4, 5, 3], activation="relu")
     X, y = _data("cross_entropy", 3)
     _fit_both(a, b, X, y, optimizer="sgd", lr=0.5, clip_norm=0.05)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_partial_batches_match_cpu(path):
+    """Batches of 3, 3, 3 and 1 rows (under the simulator, fused tiles of 2 rows and 1 row),
+    with sample weights."""
+    a, b = _pair([4, 6, 5, 3], activation="elu", dropout=0.25)
+    X, y = _data("cross_entropy", 3)
+    _fit_both(a, b, X, y, optimizer="adam", lr=0.01, batch_size=3, clip_norm=0.5,
+              sample_weight=np.linspace(0.5, 1.5, N_ROWS))
 
 
 def test_warm_start_carries_optimizer_state():
@@ -180,20 +232,28 @@ def test_validation_and_shuffle_match_cpu():
     assert "val_loss" in hb
 
 
-def test_non_finite_loss_stops_like_cpu():
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize("bad_batch", [0, 1])
+def test_non_finite_loss_stops_like_cpu(bad_batch, path):
     a, b = _pair([4, 5, 1], loss="mse", activation="identity")
     X, y = _data("mse", 1)
-    X = X * 1e30      # the squared residuals overflow float32: the first batch's loss is inf
+    # The squared residuals overflow float32: that batch's loss is inf, and the chunk stops
+    # before its update.
+    X[bad_batch * BATCH] *= 1e30
     start = b.get_weights()
     for m in (a, b):
         with pytest.raises(TrainingDivergedError):
-            m.fit(X, y, epochs=1, batch_size=BATCH, optimizer="sgd", lr=0.1)
-    _assert_weights_close(a, b, 0, 0)
-    _assert_weights_close(b, type("M", (), {"get_weights": lambda self: start})(), 0, 0)
-    assert a._step == b._step == 0
+            m.fit(X, y, epochs=1, batch_size=BATCH, shuffle=False, optimizer="sgd", lr=0.1)
+    assert a._step == b._step == bad_batch
+    if bad_batch == 0:
+        _assert_weights_close(a, b, 0, 0)
+        _assert_weights_close(b, type("M", (), {"get_weights": lambda self: start})(), 0, 0)
+    else:
+        _assert_weights_close(a, b, 1e-5, 1e-7)
 
 
-def test_data_parallel_steps_match_cpu():
+@pytest.mark.parametrize("path", ["layers", "launches"], indirect=True)
+def test_data_parallel_steps_match_cpu(path):
     """batch_grads / apply_update, the engine calls of fastbp.distributed."""
     a, b = _pair([4, 5, 3], activation="relu", dropout=0.2)
     a.freeze(0)
@@ -259,6 +319,110 @@ def test_device_allreduce_buffer_matches_host_staging():
     np.testing.assert_array_equal(sb, sa)
     for p, q in zip(wa, wb):
         np.testing.assert_array_equal(q, p)
+
+
+# ------------------------------------------------------------------ fused path
+
+# GRAD_CASES with dropout on the hidden layers and frozen layers: a frozen bottom layer
+# (the backward pass stops above it) and a frozen middle one (deltas pass through it).
+FUSED_GRAD_CASES = [case + extra for case, extra in zip(GRAD_CASES, [
+    (0.3, []), (0.0, [0]), (0.5, []), (0.0, []), (0.2, []), (0.3, [1]), (0.0, [])])]
+
+
+@pytest.mark.parametrize("path", ["launches"], indirect=True)
+@pytest.mark.parametrize("act, loss, sizes, rate, frozen", FUSED_GRAD_CASES)
+def test_fused_gradients_match_cpu(act, loss, sizes, rate, frozen, path):
+    """One batch's gradient (float64) from the fused kernels, over 4 blocks of tiles of 2
+    rows (the last one partial), against the CPU engine's."""
+    a, b = _pair(sizes, activation=act, loss=loss, dtype="float64", dropout=rate)
+    X, y = _data(loss, sizes[-1])
+    Y = np.eye(sizes[-1])[y] if loss == "cross_entropy" else y
+    w = np.linspace(0.5, 1.5, N_ROWS)
+    perm = np.random.default_rng(4).permutation(N_ROWS)
+    b0, rows = 2, 7
+    scale = km.loss_scale(a._loss_code, rows, sizes[-1])
+    P = a.n_params
+    grads = []
+    for m in (a, b):
+        m.freeze(frozen)
+        s = m._engine.begin_fit(X, Y, w, SGD(), np.zeros((0, P)), 8, 21)
+        G = np.full(P + 2, 7.0)
+        m._engine.batch_grads(s, perm, b0, rows, scale, 5, G)
+        m._engine.end_fit(s)
+        grads.append(G)
+    if kc.FUSED_ROW_BLOCK == 2:     # the simulator's tiles: 4 blocks, the last one partial
+        assert (s.fused.tile_rows, s.fused.n_slots) == (2, 4)
+    Ga, Gb = grads
+    np.testing.assert_allclose(Gb[:P], Ga[:P], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(Gb[P:], Ga[P:], rtol=1e-9)
+    for l in frozen:   # frozen layers keep the caller's values, on both engines
+        sl = a.layout.layer_slice(l)
+        assert (Gb[sl] == 7.0).all()
+
+
+def test_size_rule(monkeypatch):
+    f32, f64 = np.float32, np.float64
+    W = kc.FUSED_MAX_WIDTH
+    # Narrow networks take the fused path: large batches in tiles of FUSED_MAX_TILE_ROWS,
+    # smaller ones in smaller tiles, down to FUSED_MIN_TILE_ROWS, to make more blocks.
+    narrow = [4, 8, 8, 3]
+    huge = kc.FUSED_MAX_TILE_ROWS * kc.FUSED_TARGET_BLOCKS
+    assert kc.fused_tile_rows(narrow, f32, huge) == kc.FUSED_MAX_TILE_ROWS
+    for batch in (64, 1000, huge // 2):
+        rows = kc.fused_tile_rows(narrow, f32, batch)
+        assert rows % kc.FUSED_ROW_BLOCK == 0
+        assert kc.FUSED_MIN_TILE_ROWS <= rows <= kc.FUSED_MAX_TILE_ROWS
+        assert rows == kc.FUSED_MIN_TILE_ROWS or -(-batch // rows) >= kc.FUSED_TARGET_BLOCKS
+    assert kc.fused_tile_rows([W, W, W, 10], f32, 64) > 0
+    # A small batch gets one tile (in whole register blocks of rows).
+    assert kc.fused_tile_rows([4, 8, 3], f32, 1) == kc.FUSED_ROW_BLOCK
+    # Any width over FUSED_MAX_WIDTH, input and output included: the layer path.
+    for sizes in ([4, W + 1, 3], [W + 1, 8, 3], [4, 8, W + 1]):
+        assert kc.fused_tile_rows(sizes, f32, 64) == 0
+    # A deep network whose tile no longer fits the shared-memory budget: the layer path.
+    per_layer = W * kc.FUSED_ROW_BLOCK * 8
+    depth = kc.FUSED_SMEM_BYTES // per_layer + 2
+    deep = [W] * depth + [10]
+    assert kc.fused_smem_bytes(deep, kc.FUSED_ROW_BLOCK, 8) > kc.FUSED_SMEM_BYTES
+    assert kc.fused_tile_rows(deep, f64, 64) == 0
+    # Where shared memory binds, tiles take as many rows as fit; float64 fits fewer.
+    mid = [W, W, W, W, 10]
+    with monkeypatch.context() as mp:
+        mp.setattr(kc, "FUSED_TARGET_BLOCKS", 1)           # no spreading over blocks
+        mp.setattr(kc, "FUSED_PARTIAL_BYTES", 2 ** 62)
+        r32, r64 = kc.fused_tile_rows(mid, f32, 10 ** 6), kc.fused_tile_rows(mid, f64, 10 ** 6)
+    assert 0 < r64 <= r32
+    for r, item in ((r32, 4), (r64, 8)):
+        assert kc.fused_smem_bytes(mid, r, item) <= kc.FUSED_SMEM_BYTES
+        assert (r == kc.FUSED_MAX_TILE_ROWS or kc.fused_smem_bytes(
+            mid, r + kc.FUSED_ROW_BLOCK, item) > kc.FUSED_SMEM_BYTES)
+    # The gradient partials' budget caps the blocks (a block then takes several tiles);
+    # where not even one block's partials fit, the layer path.
+    slot = kc._n_params(mid) * 4
+    rows = kc.fused_tile_rows(mid, f32, 10 ** 6)
+    assert kc.fused_slots(mid, 4, 10 ** 6, rows) == min(
+        kc.FUSED_MAX_BLOCKS, -(-10 ** 6 // rows), kc.FUSED_PARTIAL_BYTES // slot)
+    with monkeypatch.context() as mp:
+        mp.setattr(kc, "FUSED_PARTIAL_BYTES", 3 * slot)
+        assert kc.fused_slots(mid, 4, 10 ** 6, rows) == 3
+        assert kc.fused_tile_rows(mid, f32, 10 ** 6) == rows
+        mp.setattr(kc, "FUSED_PARTIAL_BYTES", slot - 1)
+        assert kc.fused_tile_rows(mid, f32, 10 ** 6) == 0
+    # Forcing: "layers" always wins; "fused" takes a wide net that fits, refuses one that
+    # does not.
+    assert kc.fused_tile_rows([4, 8, 3], f32, 64, path="layers") == 0
+    assert kc.fused_tile_rows([4, W + 1, 3], f32, 64, path="fused") > 0
+    with pytest.raises(ValueError):
+        kc.fused_tile_rows(deep, f64, 64, path="fused")
+    # The engine follows the rule.
+    X, y = _data("cross_entropy", 3)
+    Y = np.eye(3)[y]
+    for sizes, fused in (([4, 5, 3], True), ([4, W + 1, 3], False)):
+        m = fastbp.MLP(sizes, device="cuda", seed=0)
+        s = m._engine.begin_fit(X, Y, np.ones(N_ROWS), SGD(), np.zeros((0, m.n_params)),
+                                BATCH, 0)
+        assert (s.fused is not None) == fused
+        m._engine.end_fit(s)
 
 
 # -------------------------------------------------------------------- inference

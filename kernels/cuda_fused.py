@@ -1,0 +1,388 @@
+"""Fully fused training kernels for narrow networks (every width <= FUSED_MAX_WIDTH).
+
+The layer-by-layer path of ``kernels.cuda`` launches about 3 kernels per layer per batch
+and sends every activation through global memory. Here, as in tiny-cuda-nn's
+FullyFusedMLP, one block carries a tile of batch rows through the whole network: forward,
+loss and output delta, backward, all in the block's shared memory. Layout of that memory
+(``dtype`` elements, ``T`` = tile rows; widths n_0..n_L):
+
+    [ X tile: T x n_0 | Z_1: T x n_1 | ... | Z_L: T x n_L | A scratch: T x max(n_1..n_L-1) ]
+
+Z_l holds layer l's pre-activations; on the way back it is overwritten in place by the
+delta of layer l (the delta of an element needs only that element's Z). The activations
+are not kept: the scratch holds the current layer's input, and the backward pass
+recomputes f(Z_l) (dropout mask included) where a weight gradient needs it. One
+activation more per element buys one scratch instead of a copy of every hidden layer,
+so more rows fit. ``kernels.cuda.fused_smem_bytes`` is the formula, ``fused_tile_rows``
+the size rule.
+
+Weights are read from global memory: every block reads the same ones (at most 64 KB a
+layer at width 128 in float32), so they stay in L1/L2, and shared memory goes to the
+tile's activations, which is what keeps the rows on chip. (Staging W in shared memory as
+tiny-cuda-nn does would need the >48 KB opt-in, which numba-cuda does not expose.)
+
+Weight gradients: a block adds its tiles' [A, 1]^T @ D into its own slot of ``partials``
+(one row of n_params per block, written only by that block), and a second phase sums the
+slots in a fixed order into the flat gradient vector: deterministic, no float atomics.
+The batch's loss and metric sums go the same way through ``part`` (one row per block).
+
+Launches: ``fused_train_chunk`` is ONE cooperative kernel per chunk. Per batch: fused
+forward/backward of the block's tiles, grid sync, gradient reduction + optimizer update
+(a second grid sync first when clipping needs the global norm), grid sync, next batch.
+``fused_batch_grads`` + ``fused_reduce`` are the same two phases as separate launches;
+the engine uses them for single gradient steps (data-parallel training) and where a
+cooperative launch is not possible. The simulator's grid sync only syncs a one-block
+grid: there the chunk kernel runs on one block, and the tests cover many blocks through
+these launches.
+"""
+import math
+
+import numpy as np
+from numba import cuda, from_dtype
+
+from . import cuda as kc
+
+NT = kc.FUSED_THREADS
+RB = kc.FUSED_ROW_BLOCK
+activate = kc.activate
+activate_grad = kc.activate_grad
+dropout_keep = kc.dropout_keep
+loss_scale = kc.loss_scale
+
+
+@cuda.jit(device=True)
+def _reduce_grad(partials, used, grads, i):
+    """grads[i] = sum of the first ``used`` blocks' partials, in block order."""
+    g = partials[0, i]
+    for q in range(1, used):
+        g += partials[q, i]
+    grads[i] = g
+    return g
+
+
+@cuda.jit(device=True)
+def _part_sum(part, used, col):
+    """Sum of part[:used, col] in block order (every thread gets the same bits)."""
+    acc = 0.0
+    for q in range(used):
+        acc += part[q, col]
+    return acc
+
+
+def _build(ft):
+    # Dynamic shared memory wants a Numba type (the simulator reads its itemsize).
+    smem_type = from_dtype(np.dtype(ft))
+    k = kc.kernels_for(ft)
+    row_loss_delta = k["row_loss_delta"]
+
+    @cuda.jit(device=True)
+    def tile_forward(Ain, params, off, n_in, n_out, Z, T):
+        """Z = [Ain, 1] @ [W; b] for the T rows of the tile.
+
+        Thread item = (column c, block of RB rows): W[k, c] is loaded once for RB rows, and
+        consecutive threads read consecutive columns (coalesced)."""
+        acc = cuda.local.array(RB, ft)
+        for e in range(cuda.threadIdx.x, (T // RB) * n_out, NT):
+            g = e // n_out
+            c = e - g * n_out
+            r0 = g * RB
+            for i in range(RB):
+                acc[i] = ft(0.0)
+            for kk in range(n_in):
+                w = params[off + kk * n_out + c]
+                for i in range(RB):
+                    acc[i] += Ain[r0 + i, kk] * w
+            b = params[off + n_in * n_out + c]      # the bias last, as in dense_forward
+            for i in range(RB):
+                Z[r0 + i, c] = acc[i] + b
+
+    @cuda.jit(device=True)
+    def tile_activate(Z, A, n, T, act, rate, seed, step, layer, row0):
+        """A = f(Z) with inverted dropout keyed by (row in batch, unit), as dense_forward."""
+        for e in range(cuda.threadIdx.x, T * n, NT):
+            r = e // n
+            c = e - r * n
+            a = activate(act, Z[r, c])
+            if rate != 0.0:
+                if dropout_keep(seed, step, layer, np.int64(row0 + r), np.int64(c), rate):
+                    a = a * (1.0 / (1.0 - rate))
+                else:
+                    a = ft(0.0)
+            A[r, c] = a
+
+    @cuda.jit(device=True)
+    def tile_weight_grad(Ain, D, partials, slot, off, n_in, n_out, T, first):
+        """The tile's [Ain, 1]^T @ D into the block's slot (= on its first tile, then +=).
+
+        Thread item = (column c, block of RB rows of W), plus one item per column for the
+        bias row (the sum of D over the rows)."""
+        acc = cuda.local.array(RB, ft)
+        nkb = (n_in + RB - 1) // RB
+        for e in range(cuda.threadIdx.x, (nkb + 1) * n_out, NT):
+            kb = e // n_out
+            c = e - kb * n_out
+            if kb == nkb:
+                gb = ft(0.0)
+                for r in range(T):
+                    gb += D[r, c]
+                o = off + n_in * n_out + c
+                if first:
+                    partials[slot, o] = gb
+                else:
+                    partials[slot, o] += gb
+                continue
+            k0 = kb * RB
+            for i in range(RB):
+                acc[i] = ft(0.0)
+            for r in range(T):
+                d = D[r, c]
+                for i in range(RB):
+                    # Past n_in (the last block), clamp to a valid column: no branch in the
+                    # inner loop, and the result is discarded below.
+                    acc[i] += Ain[r, min(k0 + i, n_in - 1)] * d
+            for i in range(RB):
+                if k0 + i < n_in:
+                    o = off + (k0 + i) * n_out + c
+                    if first:
+                        partials[slot, o] = acc[i]
+                    else:
+                        partials[slot, o] += acc[i]
+
+    @cuda.jit(device=True)
+    def tile_input_delta(D, params, off, n_in, n_out, Z, T, act, rate, seed, step, layer,
+                         row0):
+        """Z <- (D @ W^T) * f'(Z), dropout mask and scale of ``layer``: the delta of the
+        layer below, in place of its pre-activations (as dense_input_delta).
+
+        Thread item = (input unit i, block of RB rows); each thread walks row i of W,
+        which L1 serves after the first miss."""
+        acc = cuda.local.array(RB, ft)
+        for e in range(cuda.threadIdx.x, (T // RB) * n_in, NT):
+            g = e // n_in
+            i = e - g * n_in
+            r0 = g * RB
+            for q in range(RB):
+                acc[q] = ft(0.0)
+            for c in range(n_out):
+                w = params[off + i * n_out + c]
+                for q in range(RB):
+                    acc[q] += D[r0 + q, c] * w
+            for q in range(RB):
+                r = r0 + q
+                z = Z[r, i]
+                dz = ft(0.0)
+                # f(z) rounded to the dtype, as the A the other paths store.
+                if rate == 0.0:
+                    dz = acc[q] * activate_grad(act, z, ft(activate(act, z)))
+                elif dropout_keep(seed, step, layer, np.int64(row0 + r), np.int64(i), rate):
+                    dz = acc[q] * (activate_grad(act, z, ft(activate(act, z)))
+                                   * (1.0 / (1.0 - rate)))
+                Z[r, i] = dz
+
+    @cuda.jit(device=True)
+    def batch_tiles(S, X, Y, row_w, perm, b0, rows, scale, params, partials, sizes, poff,
+                    acts, drop, trainable, lowest, loss, seed, step, T, blk, nblk):
+        """Phase 1 of a batch for block ``blk`` of ``nblk``: tiles blk, blk + nblk, ... of
+        the batch perm[b0:b0+rows] forward, loss, backward; weight gradients into
+        partials[blk]. Returns this thread's (scaled loss sum, metric sum)."""
+        t = cuda.threadIdx.x
+        L = sizes.shape[0] - 1
+        n0 = sizes[0]
+        n_out = sizes[L]
+        zbase = T * n0
+        abase = zbase
+        for l in range(1, L + 1):
+            abase += T * sizes[l]
+        lsum = 0.0
+        msum = 0.0
+        Xs = S[0:T * n0].reshape((T, n0))
+        for tile in range(blk, (rows + T - 1) // T, nblk):
+            row0 = tile * T
+            # The tile's input rows, gathered through the permutation; rows past the
+            # batch are zeros (their delta is zero, so they add nothing to the gradients).
+            for e in range(t, T * n0, NT):
+                r = e // n0
+                c = e - r * n0
+                v = ft(0.0)
+                if row0 + r < rows:
+                    v = X[perm[b0 + row0 + r], c]
+                Xs[r, c] = v
+            cuda.syncthreads()
+            # Forward: Z_{l+1} = [A_l, 1] @ [W; b]; A_{l+1} = f(Z_{l+1}) into the scratch.
+            zo = zbase
+            for l in range(L):
+                n_in = sizes[l]
+                n_nx = sizes[l + 1]
+                Ain = Xs
+                if l > 0:
+                    Ain = S[abase:abase + T * n_in].reshape((T, n_in))
+                Z = S[zo:zo + T * n_nx].reshape((T, n_nx))
+                tile_forward(Ain, params, poff[l], n_in, n_nx, Z, T)
+                cuda.syncthreads()
+                if l < L - 1:
+                    A = S[abase:abase + T * n_nx].reshape((T, n_nx))
+                    tile_activate(Z, A, n_nx, T, acts[l], drop[l], seed, step, l, row0)
+                    cuda.syncthreads()
+                zo += T * n_nx
+            # Loss and output delta, one thread per row; Z_L becomes D_L.
+            zo -= T * n_out
+            ZL = S[zo:zo + T * n_out].reshape((T, n_out))
+            for r in range(t, T, NT):
+                if row0 + r < rows:
+                    s = perm[b0 + row0 + r]
+                    w = row_w[s] * scale
+                    msum += kc._row_metric(ZL, r, Y, s, n_out, loss)
+                    lsum += w * row_loss_delta(ZL, r, Y, s, w, n_out, loss, ZL)
+                else:
+                    for j in range(n_out):
+                        ZL[r, j] = ft(0.0)
+            cuda.syncthreads()
+            # Backward, top down to the lowest trainable layer. At layer l, Z_{l+1} holds
+            # D_{l+1}; the scratch holds A_l (still there from the forward pass for the
+            # top layer, recomputed from Z_l below it).
+            for l in range(L - 1, lowest - 1, -1):
+                n_in = sizes[l]
+                n_nx = sizes[l + 1]
+                D = S[zo:zo + T * n_nx].reshape((T, n_nx))
+                zo -= T * n_in
+                Zl = S[zo:zo + T * n_in].reshape((T, n_in))   # l = 0: not read
+                Ain = Xs
+                if l > 0:
+                    Ain = S[abase:abase + T * n_in].reshape((T, n_in))
+                    if l < L - 1 and trainable[l] != 0:
+                        tile_activate(Zl, Ain, n_in, T, acts[l - 1], drop[l - 1], seed,
+                                      step, l - 1, row0)
+                        cuda.syncthreads()
+                # Both read D and write disjoint memory (the slot, Z_l): no sync between.
+                if trainable[l] != 0:
+                    tile_weight_grad(Ain, D, partials, blk, poff[l], n_in, n_nx, T,
+                                     tile == blk)
+                if l > lowest:
+                    tile_input_delta(D, params, poff[l], n_in, n_nx, Zl, T, acts[l - 1],
+                                     drop[l - 1], seed, step, l - 1, row0)
+                cuda.syncthreads()
+        return lsum, msum
+
+    @cuda.jit(device=True)
+    def batch_phase1(S, lbuf, mbuf, X, Y, row_w, perm, b0, rows, scale, params, partials,
+                     part, sizes, poff, acts, drop, trainable, lowest, loss, seed, step, T):
+        """batch_tiles for this block, then its loss and metric sums into part[block]."""
+        t = cuda.threadIdx.x
+        blk = cuda.blockIdx.x
+        lsum, msum = batch_tiles(S, X, Y, row_w, perm, b0, rows, scale, params, partials,
+                                 sizes, poff, acts, drop, trainable, lowest, loss, seed, step,
+                                 T, blk, cuda.gridDim.x)
+        lbuf[t] = lsum
+        mbuf[t] = msum
+        kc._block_sum(lbuf, t, NT)
+        kc._block_sum(mbuf, t, NT)
+        if t == 0:
+            part[blk, 0] = lbuf[0]
+            part[blk, 1] = mbuf[0]
+
+    @cuda.jit
+    def fused_train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, grads,
+                          partials, part, sizes, poff, acts, drop, trainable, lowest, loss,
+                          seed, step, T, opt, state, hyper, ranges, n_total, rates,
+                          clip_norm, out, status):
+        """Every batch of perm[start:stop], one optimizer step each, in one cooperative
+        launch (kernels.cpu.train_chunk's semantics).
+
+        ``rates[k]`` = (lr, 1 - b1^t, sqrt(1 - b2^t)) of batch k (from the host, as the
+        layer path's ``update`` gets them); out[k] = [loss, metric sum]. A non-finite loss
+        sets status = k + 1 and ends the kernel before that batch's update: every thread
+        computes the same total from the same partial sums, so every block returns there
+        and none is left waiting at a later grid sync.
+        """
+        S = cuda.shared.array(0, smem_type)
+        lbuf = cuda.shared.array(NT, np.float64)
+        mbuf = cuda.shared.array(NT, np.float64)
+        grid = cuda.cg.this_grid()
+        t = cuda.threadIdx.x
+        blk = cuda.blockIdx.x
+        nblk = cuda.gridDim.x
+        gid = cuda.grid(1)
+        gsize = cuda.gridsize(1)
+        n_out = sizes[sizes.shape[0] - 1]
+        for kb in range((stop - start + batch_size - 1) // batch_size):
+            b0 = start + kb * batch_size
+            rows = min(batch_size, stop - b0)
+            batch_phase1(S, lbuf, mbuf, X, Y, row_w, perm, b0, rows,
+                         loss_scale(loss, rows, n_out), params, partials, part, sizes, poff,
+                         acts, drop, trainable, lowest, loss, seed, step + kb + 1, T)
+            grid.sync()
+            used = min(nblk, (rows + T - 1) // T)
+            total = _part_sum(part, used, 0)
+            if gid == 0:
+                out[kb, 0] = total
+                out[kb, 1] = _part_sum(part, used, 1)
+            if not math.isfinite(total):
+                if gid == 0:
+                    status[0] = kb + 1
+                return
+            lr = rates[kb, 0]
+            gscale = 1.0
+            if clip_norm > 0.0:
+                # The norm needs every block's share: reduce, sync, then update.
+                sq = 0.0
+                for j in range(gid, n_total, gsize):
+                    g = _reduce_grad(partials, used, grads, kc._flat_index(ranges, j))
+                    sq += g * g
+                lbuf[t] = sq
+                kc._block_sum(lbuf, t, NT)
+                if t == 0:
+                    part[blk, 2] = lbuf[0]
+                grid.sync()
+                gscale = min(1.0, clip_norm / (math.sqrt(_part_sum(part, nblk, 2)) + 1e-6))
+                for j in range(gid, n_total, gsize):
+                    i = kc._flat_index(ranges, j)
+                    kc.apply_update(opt, params, state, hyper, i, grads[i] * gscale, lr,
+                                    rates[kb, 1], rates[kb, 2])
+            else:
+                for j in range(gid, n_total, gsize):
+                    i = kc._flat_index(ranges, j)
+                    g = _reduce_grad(partials, used, grads, i)
+                    kc.apply_update(opt, params, state, hyper, i, g * gscale, lr,
+                                    rates[kb, 1], rates[kb, 2])
+            grid.sync()     # the next batch reads the updated parameters and reuses part
+
+    @cuda.jit
+    def fused_batch_grads(X, Y, row_w, perm, b0, rows, scale, params, partials, part, sizes,
+                          poff, acts, drop, trainable, lowest, loss, seed, step, T, status):
+        """Phase 1 of one batch as its own launch: block q's gradient into partials[q],
+        its [loss, metric] sums into part[q]."""
+        if status[0] != 0:
+            return
+        S = cuda.shared.array(0, smem_type)
+        lbuf = cuda.shared.array(NT, np.float64)
+        mbuf = cuda.shared.array(NT, np.float64)
+        batch_phase1(S, lbuf, mbuf, X, Y, row_w, perm, b0, rows, scale, params, partials,
+                     part, sizes, poff, acts, drop, trainable, lowest, loss, seed, step, T)
+
+    return dict(fused_train_chunk=fused_train_chunk, fused_batch_grads=fused_batch_grads)
+
+
+@cuda.jit
+def fused_reduce(partials, part, used, grads, ranges, n_total, out, k, status):
+    """Phase 2 of one batch as its own launch: grads = the sum of the first ``used`` blocks'
+    partials (trainable spans), out[k] = the sum of their [loss, metric] rows. The layer
+    path's ``grad_sq_sum`` and ``update`` follow."""
+    if status[0] != 0:
+        return
+    gid = cuda.grid(1)
+    for j in range(gid, n_total, cuda.gridsize(1)):
+        _reduce_grad(partials, used, grads, kc._flat_index(ranges, j))
+    if gid == 0:
+        out[k, 0] = _part_sum(part, used, 0)
+        out[k, 1] = _part_sum(part, used, 1)
+
+
+_KERNELS = {}
+
+
+def kernels_for(dtype):
+    """The dtype-specific fused kernels (float32 or float64), built on first use."""
+    dtype = np.dtype(dtype)
+    if dtype not in _KERNELS:
+        _KERNELS[dtype] = _build(dtype.type)
+    return _KERNELS[dtype]
