@@ -26,7 +26,7 @@ from numba import njit, prange
 from . import math as m
 from .gemm import ASSIGN, ASSIGN_BIAS, gemm
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
-                     GEMM_MAX_WEIGHTS, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
+                     GEMM_DELTA_MIN_OUTPUTS, GEMM_MAX_WEIGHTS, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
                      UPDATE_PARALLEL_MIN)
 
 # error_model="numpy": a float division by zero gives inf/nan (caught by the divergence
@@ -89,11 +89,25 @@ def use_blas(rows, n_in, n_out):
 
 
 @njit(**_jit)
-def use_gemm(n_in, n_out):
-    """The register-blocked kernels of kernels.gemm: every layer but regression heads (a
-    handful of outputs wastes most of a vector) and layers too large for its unpacked
-    panels, where BLAS's packing wins (see GEMM_MAX_WEIGHTS)."""
+def gemm_forward(n_in, n_out):
+    """Which products go through the register-blocked kernels of kernels.gemm instead of
+    BLAS (measured: see tuning.py). Not regression heads: a handful of outputs would waste
+    most of each vector."""
+    return n_out > BLAS_MAX_HAND_OUTPUTS
+
+
+@njit(**_jit)
+def gemm_weight_grad(n_in, n_out):
+    """Above GEMM_MAX_WEIGHTS the transposed A strips the kernel reads (one row of A a
+    whole layer width apart per step) lose to BLAS's packed copies."""
     return n_out > BLAS_MAX_HAND_OUTPUTS and n_in * n_out <= GEMM_MAX_WEIGHTS
+
+
+@njit(**_jit)
+def gemm_input_delta(n_in, n_out):
+    """D @ W^T reads W transposed while packing each panel: worth it once the reduction
+    (n_out) is long enough to reuse the panel."""
+    return n_out >= GEMM_DELTA_MIN_OUTPUTS and n_in * n_out <= GEMM_MAX_WEIGHTS
 
 
 @njit(**_jit)
@@ -129,8 +143,8 @@ def dense_forward(A, W, b, Z):
     """Z = A @ W + b  (A: (m, n_in), W: (n_in, n_out), Z: (m, n_out))."""
     rows, n_in = A.shape
     n_out = W.shape[1]
-    if use_gemm(n_in, n_out):
-        gemm(flat(A), n_in, 1, flat(W), n_out, flat(Z), n_out, b, rows, n_out, n_in,
+    if gemm_forward(n_in, n_out):
+        gemm(flat(A), n_in, 1, flat(W), n_out, False, flat(Z), n_out, b, rows, n_out, n_in,
              ASSIGN_BIAS)
         return
     if use_blas(rows, n_in, n_out):
@@ -174,8 +188,9 @@ def dense_weight_grad(A, D, gW, gb):
         di = D[i]
         for j in range(n_out):
             gb[j] += di[j]
-    if use_gemm(n_in, n_out):
-        gemm(flat(A), 1, n_in, flat(D), n_out, flat(gW), n_out, gb, n_in, n_out, rows, ASSIGN)
+    if gemm_weight_grad(n_in, n_out):
+        gemm(flat(A), 1, n_in, flat(D), n_out, False, flat(gW), n_out, gb, n_in, n_out, rows,
+             ASSIGN)
         return
     if use_blas(rows, n_in, n_out):
         np.dot(A.T, D, gW)
@@ -240,6 +255,10 @@ def dense_input_delta(D, W, Dp):
     """Dp = D @ W^T  : the delta of the layer below, before its activation derivative."""
     rows, n_out = D.shape
     n_in = W.shape[0]
+    if gemm_input_delta(n_in, n_out):
+        gemm(flat(D), n_out, 1, flat(W), n_out, True, flat(Dp), n_in, flat(Dp), rows, n_in,
+             n_out, ASSIGN)
+        return
     if use_blas(rows, n_in, n_out):
         np.dot(D, W.T, Dp)
         return

@@ -2,36 +2,46 @@
 
 One routine serves the three products of a dense layer through strides:
 
-    C[i, j] (= | +=) bias[j] + sum_k A[i*sai + k*sak] * B[k*ldb + j]
+    C[i, j] (= | +=) bias[j] + sum_k A[i*sai + k*sak] * B(k, j)
+
+with B(k, j) = B[k*ldb + j], or B[j*ldb + k] when ``transb``:
 
 * forward      Z  = A @ W + b      (sai = n_in, sak = 1, B = W)
 * weight grad  gW = A^T @ D        (sai = 1, sak = n_in, B = D)
-
-The input delta D @ W^T would need W^T (the vectors run along B's rows): a transposed copy
-per batch cost as much as BLAS's whole product at narrow widths, so it stays on BLAS.
+* input delta  Dp = D @ W^T        (sai = n_out, sak = 1, B = W, transb)
 
 The micro-kernel keeps a 4-row x 2-vector block of C in registers while it runs over k: 8
 FMAs per 2 vector loads and 4 broadcasts. Columns past the last full vector use masked
-loads and stores, so any width works; K is cut into blocks of KC so that the B panel the
-micro-kernel sweeps (KC x 2 vectors) stays in L1 while every row block of A passes.
-Measured on one Zen 5 core, float32: 32x64x64 at ~190 GFLOP/s against ~60 through
-OpenBLAS, whose per-call overhead and generic small-matrix paths dominate at these sizes.
+loads and stores, so any width works. K is cut into blocks of KC; the B panel the
+micro-kernel sweeps (KC x 2 vectors) is read in place when its rows are close, and copied
+into a stack buffer first when they are far apart (or transposed), so that it stays in L1
+while every row block of A passes. Measured on one Zen 5 core, float32: 32x64x64 at
+110-190 GFLOP/s against 55-110 through OpenBLAS, whose per-call overhead and AVX2 kernels
+(it runs its Haswell code on Zen 5) dominate at these sizes; kernels.tuning has the rest.
 """
-from numba import njit
+from numba import carray, njit
 
-from .simd import at, lanes, vfma, vload_part, vsplat, vstore_part
+from .simd import (VEC_BYTES, at, lanes, stack_buffer, vfma, vload, vload_part, vsplat,
+                   vstore, vstore_part)
 
 _jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
 KC = 256   # rows of B per panel: KC x 2 vectors of float32 = 32 KiB (L1 is 48 KiB)
+PANEL_BYTES = KC * 2 * VEC_BYTES
+# A B panel is copied into contiguous scratch when its rows are at least PACK_MIN_LD
+# elements apart (rows a page apart fall into the same few L1 sets and evict each other)
+# and there are enough rows of A to reuse it.
+PACK_MIN_LD = 512
+PACK_MIN_ROWS = 8
 
 ASSIGN, ASSIGN_BIAS, ACCUMULATE = 0, 1, 2
 
 
 @njit(**_jit)
-def _block4(A, sai, sak, B, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0, k1):
+def _block4(A, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0, k1):
     """Rows i..i+3, columns j0..j0+n0+n1 of C over k0..k1, starting from S's rows
-    (so + r*ss; s0/s1 lanes of them, zeros after: C itself, the bias, or nothing)."""
+    (so + r*ss; s0/s1 lanes of them, zeros after: C itself, the bias, or nothing). Row k of
+    the B panel starts at bb + k*ldb."""
     V = lanes(C)
     o = i * ldc + j0
     c00 = vload_part(S, so, s0)
@@ -45,7 +55,7 @@ def _block4(A, sai, sak, B, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0, k
     a0 = i * sai
     if n1 > 0:
         for k in range(k0, k1):
-            bk = k * ldb + j0
+            bk = bb + k * ldb
             w0 = vload_part(B, bk, n0)
             w1 = vload_part(B, bk + V, n1)
             ak = a0 + k * sak
@@ -63,7 +73,7 @@ def _block4(A, sai, sak, B, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0, k
             c31 = vfma(a, w1, c31)
     else:   # one vector of columns left: half the FMAs
         for k in range(k0, k1):
-            w0 = vload_part(B, k * ldb + j0, n0)
+            w0 = vload_part(B, bb + k * ldb, n0)
             ak = a0 + k * sak
             c00 = vfma(vsplat(C, at(A, ak)), w0, c00)
             c10 = vfma(vsplat(C, at(A, ak + sai)), w0, c10)
@@ -83,7 +93,7 @@ def _block4(A, sai, sak, B, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0, k
 
 
 @njit(**_jit)
-def _block1(A, sai, sak, B, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k1):
+def _block1(A, sai, sak, B, bb, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k1):
     """Row i (the rows left over by the 4-row blocks); S, so, s0, s1 as for _block4."""
     V = lanes(C)
     o = i * ldc + j0
@@ -91,7 +101,7 @@ def _block1(A, sai, sak, B, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k1):
     c1 = vload_part(S, so + V, s1)
     a0 = i * sai
     for k in range(k0, k1):
-        bk = k * ldb + j0
+        bk = bb + k * ldb
         a = vsplat(C, at(A, a0 + k * sak))
         c0 = vfma(a, vload_part(B, bk, n0), c0)
         c1 = vfma(a, vload_part(B, bk + V, n1), c1)
@@ -100,16 +110,47 @@ def _block1(A, sai, sak, B, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k1):
 
 
 @njit(**_jit)
-def gemm(A, sai, sak, B, ldb, C, ldc, bias, m, n, K, mode):
+def _pack(B, ldb, transb, P, j0, n, k0, k1):
+    """P[(k-k0)*2V + c] = B(k, j0 + c) for c < n, zeros up to 2V: the panel the
+    micro-kernels sweep, contiguous. B(k, j) is B[k*ldb + j], or B[j*ldb + k] when
+    ``transb`` (the input delta's W^T, transposed on the way in)."""
+    V = lanes(P)
+    if transb:
+        for k in range(k0, k1):
+            o = (k - k0) * 2 * V
+            for c in range(n):
+                P[o + c] = at(B, (j0 + c) * ldb + k)
+            for c in range(n, 2 * V):
+                P[o + c] = 0
+        return
+    n0 = min(V, n)
+    n1 = max(0, n - V)
+    for k in range(k0, k1):
+        o = (k - k0) * 2 * V
+        vstore(P, o, vload_part(B, k * ldb + j0, n0))
+        vstore(P, o + V, vload_part(B, k * ldb + j0 + V, n1))
+
+
+@njit(**_jit)
+def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
     """C[i, j] for i < m, j < n: see the module docstring. ``A``, ``B``, ``C``, ``bias``
-    are flat (1-D) views; ``mode`` ASSIGN, ASSIGN_BIAS or ACCUMULATE."""
+    are flat (1-D) views; ``mode`` ASSIGN, ASSIGN_BIAS or ACCUMULATE; ``transb``: B holds
+    the transpose (B(k, j) = B[j*ldb + k])."""
     V = lanes(C)
+    # The panel scratch lives in this frame: no allocation per call.
+    P = carray(stack_buffer(C, PANEL_BYTES), KC * 2 * V)
+    pack = transb or (ldb >= PACK_MIN_LD and m >= PACK_MIN_ROWS)
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         from_c = k0 > 0 or mode == ACCUMULATE
         for j0 in range(0, n, 2 * V):
             n0 = min(V, n - j0)
             n1 = min(V, max(0, n - j0 - V))
+            if pack:
+                _pack(B, ldb, transb, P, j0, n0 + n1, k0, k1)
+                Bp, bb, ldp = P, -k0 * 2 * V, 2 * V
+            else:
+                Bp, bb, ldp = B, j0, ldb
             # Where the accumulators start: C's rows, the bias (every row), or zeros (a
             # masked load of no lanes): one branch-free load in the micro-kernels.
             if from_c:
@@ -121,9 +162,11 @@ def gemm(A, sai, sak, B, ldb, C, ldc, bias, m, n, K, mode):
             i = 0
             while i + 4 <= m:
                 so = i * ldc + j0 if from_c else j0
-                _block4(A, sai, sak, B, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0, k1)
+                _block4(A, sai, sak, Bp, bb, ldp, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1,
+                        k0, k1)
                 i += 4
             while i < m:
                 so = i * ldc + j0 if from_c else j0
-                _block1(A, sai, sak, B, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k1)
+                _block1(A, sai, sak, Bp, bb, ldp, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0,
+                        k1)
                 i += 1

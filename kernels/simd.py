@@ -189,3 +189,18 @@ def at(typingctx, arr, index):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         return builder.load(builder.gep(data, [args[1]]))
     return arr.dtype(arr, index), codegen
+
+
+@intrinsic
+def stack_buffer(typingctx, like, nbytes):
+    """Pointer to ``nbytes`` (a literal int) of ``like``'s dtype in the calling function's
+    stack frame: scratch that costs no allocation (wrap it with numba.carray). The slot is
+    made once in the function's entry block, so a call inside a loop reuses it."""
+    if not isinstance(nbytes, types.IntegerLiteral):
+        return None
+    count = nbytes.literal_value // (like.dtype.bitwidth // 8)
+
+    def codegen(context, builder, sig, args):
+        ty = context.get_value_type(like.dtype)
+        return cgutils.alloca_once(builder, ty, size=ir.Constant(ir.IntType(64), count))
+    return types.CPointer(like.dtype)(like, nbytes), codegen

@@ -13,12 +13,17 @@ BLAS_MIN_WEIGHTS = 1024
 BLAS_MAX_HAND_OUTPUTS = 4
 BLAS_MIN_ROWS = 8
 
-# Forward and weight-gradient products of layers with more than BLAS_MAX_HAND_OUTPUTS
-# outputs and at most GEMM_MAX_WEIGHTS weights go through the register-blocked kernels of
-# kernels.gemm instead (measured on one Zen 5 core, float32: 32x64x64 at ~120-190 GFLOP/s
-# against ~55 through BLAS, 64x784x256 at ~160 against ~90). Above it, B panels strided by
-# whole rows of a wide matrix thrash L1 and BLAS's packed panels win (1024x1024: 75 vs 100).
+# The register-blocked kernels of kernels.gemm replace BLAS (measured on one Zen 5 core,
+# float32, GFLOP/s, ours vs OpenBLAS):
+# - forward, every layer with more than BLAS_MAX_HAND_OUTPUTS outputs: 32x64x64 110-190 vs
+#   55-110, 64x784x256 125-160 vs 90-125, 256x1024x1024 130 vs 97 (packed panels);
+# - weight gradient up to GEMM_MAX_WEIGHTS weights: 64x256x128 110-147 vs 82-107, but
+#   256x1024x1024 63 vs 102;
+# - input delta D @ W^T (W transposed while packing) with at least GEMM_DELTA_MIN_OUTPUTS
+#   outputs and up to GEMM_MAX_WEIGHTS: 64x256x128 92 vs 81, 32x64x64 64 vs 59; a short
+#   reduction (128x128x10: 41 vs 57) or a huge W (1024x1024: 85 vs 98) loses.
 GEMM_MAX_WEIGHTS = 262144
+GEMM_DELTA_MIN_OUTPUTS = 32
 
 # A batch is split over threads only when each thread gets at least this many rows and
 # this much work (multiply-adds: rows x sum of n_in*n_out, times 3 when training). Waking a

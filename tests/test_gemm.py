@@ -34,29 +34,48 @@ def test_gemm_modes_and_tails_match_numpy(dtype):
                 Am = A[:m * K].reshape(m, K).astype(np.float64)
                 Bm = B[:K * n].reshape(K, n).astype(np.float64)
                 # forward: C = A @ B + bias
-                g.gemm(A, K, 1, B, n, C, n, bias, m, n, K, g.ASSIGN_BIAS)
+                g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
                 np.testing.assert_allclose(C[:m * n].reshape(m, n), Am @ Bm + bias[:n],
                                            **_tol(dtype), err_msg=f"bias m={m} n={n} K={K}")
                 assert np.all(C[m * n:] == SENTINEL), "wrote past C"
                 # accumulate: C += A @ B
                 before = C[:m * n].reshape(m, n).astype(np.float64)
-                g.gemm(A, K, 1, B, n, C, n, bias, m, n, K, g.ACCUMULATE)
+                g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ACCUMULATE)
                 np.testing.assert_allclose(C[:m * n].reshape(m, n), before + Am @ Bm,
                                            **_tol(dtype))
                 # transposed A (the weight gradient): C (K x n) = A^T @ B' with B' (m x n)
                 Bt = rng.standard_normal(m * n + 7).astype(dtype)
                 Ct = np.full(K * n + 7, SENTINEL, dtype=dtype)
-                g.gemm(A, 1, K, Bt, n, Ct, n, bias, K, n, m, g.ASSIGN)
+                g.gemm(A, 1, K, Bt, n, False, Ct, n, bias, K, n, m, g.ASSIGN)
                 np.testing.assert_allclose(
                     Ct[:K * n].reshape(K, n),
                     Am.T @ Bt[:m * n].reshape(m, n).astype(np.float64), **_tol(dtype))
                 assert np.all(Ct[K * n:] == SENTINEL)
+                # transposed B (the input delta): C = A @ W^T with W (n x K)
+                g.gemm(A, K, 1, B, K, True, C, n, bias, m, n, K, g.ASSIGN)
+                np.testing.assert_allclose(C[:m * n].reshape(m, n),
+                                           Am @ B[:n * K].reshape(n, K).astype(np.float64).T,
+                                           **_tol(dtype))
+                assert np.all(C[m * n:] == SENTINEL)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_panels_of_wide_matrices(dtype):
+    """B rows at least PACK_MIN_LD apart are copied into the stack panel first."""
+    rng = np.random.default_rng(1)
+    m, K, n = g.PACK_MIN_ROWS + 3, g.KC + 9, g.PACK_MIN_LD + 7
+    A, B, bias, C = _case(rng, dtype, m, n, K)
+    g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
+    expected = (A[:m * K].reshape(m, K).astype(np.float64)
+                @ B[:K * n].reshape(K, n).astype(np.float64) + bias[:n])
+    np.testing.assert_allclose(C[:m * n].reshape(m, n), expected, **_tol(dtype))
+    assert np.all(C[m * n:] == SENTINEL)
 
 
 def test_gemm_with_no_reduction_gives_the_start_values():
     C = np.full(8, SENTINEL)
     bias = np.arange(4.0)
-    g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, C, 4, bias, 2, 4, 0, g.ASSIGN_BIAS)
+    g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, False, C, 4, bias, 2, 4, 0, g.ASSIGN_BIAS)
     np.testing.assert_array_equal(C, np.tile(bias, 2))
-    g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, C, 4, bias, 2, 4, 0, g.ASSIGN)
+    g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, False, C, 4, bias, 2, 4, 0, g.ASSIGN)
     np.testing.assert_array_equal(C, 0.0)
