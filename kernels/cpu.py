@@ -26,8 +26,8 @@ from numba import njit, prange
 from . import math as m
 from .gemm import ASSIGN, ASSIGN_BIAS, gemm
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
-                     GEMM_DELTA_MIN_OUTPUTS, GEMM_MAX_WEIGHTS, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
-                     UPDATE_PARALLEL_MIN)
+                     GEMM_DELTA_MAX_WEIGHTS, GEMM_DELTA_MIN_OUTPUTS, GEMM_MAX_WEIGHTS,
+                     MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD, UPDATE_PARALLEL_MIN)
 
 # error_model="numpy": a float division by zero gives inf/nan (caught by the divergence
 # checks) instead of raising. Python's model puts a branch on every division, which stops
@@ -98,8 +98,7 @@ def gemm_forward(n_in, n_out):
 
 @njit(**_jit)
 def gemm_weight_grad(n_in, n_out):
-    """Above GEMM_MAX_WEIGHTS the transposed A strips the kernel reads (one row of A a
-    whole layer width apart per step) lose to BLAS's packed copies."""
+    """Above GEMM_MAX_WEIGHTS BLAS's fully packed copies win."""
     return n_out > BLAS_MAX_HAND_OUTPUTS and n_in * n_out <= GEMM_MAX_WEIGHTS
 
 
@@ -107,7 +106,7 @@ def gemm_weight_grad(n_in, n_out):
 def gemm_input_delta(n_in, n_out):
     """D @ W^T reads W transposed while packing each panel: worth it once the reduction
     (n_out) is long enough to reuse the panel."""
-    return n_out >= GEMM_DELTA_MIN_OUTPUTS and n_in * n_out <= GEMM_MAX_WEIGHTS
+    return n_out >= GEMM_DELTA_MIN_OUTPUTS and n_in * n_out <= GEMM_DELTA_MAX_WEIGHTS
 
 
 @njit(**_jit)

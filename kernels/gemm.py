@@ -15,33 +15,38 @@ FMAs per 2 vector loads and 4 broadcasts. Columns past the last full vector use 
 loads and stores, so any width works. K is cut into blocks of KC; the B panel the
 micro-kernel sweeps (KC x 2 vectors) is read in place when its rows are close, and copied
 into a stack buffer first when they are far apart (or transposed), so that it stays in L1
-while every row block of A passes. Measured on one Zen 5 core, float32: 32x64x64 at
+while every row block of A passes. A transposed A (the weight gradient's, whose 4 values
+per step sit a layer width apart from the next step's) is packed block by block too. Measured on one Zen 5 core, float32: 32x64x64 at
 110-190 GFLOP/s against 55-110 through OpenBLAS, whose per-call overhead and AVX2 kernels
 (it runs its Haswell code on Zen 5) dominate at these sizes; kernels.tuning has the rest.
 """
 from numba import carray, njit
 
-from .simd import (VEC_BYTES, at, lanes, stack_buffer, vfma, vload, vload_part, vsplat,
-                   vstore, vstore_part)
+from .simd import (VEC_BYTES, at, lanes, stack_buffer, vfma, vload_part, vsplat, vstore,
+                   vstore_part)
 
 _jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
-KC = 256   # rows of B per panel: KC x 2 vectors of float32 = 32 KiB (L1 is 48 KiB)
+KC = 256   # rows of B per panel: KC x 2 vectors = 32 KiB with AVX-512 (L1 is 48 KiB)
 PANEL_BYTES = KC * 2 * VEC_BYTES
+# Rows of C per block: their part of A (rows x KC) fits A_BLOCK_BYTES, a stack buffer
+# when A is packed (see gemm), and L2 in any case.
+A_BLOCK_BYTES = 64 * 2 ** 10
 # A B panel is copied into contiguous scratch when its rows are at least PACK_MIN_LD
 # elements apart (rows a page apart fall into the same few L1 sets and evict each other)
 # and there are enough rows of A to reuse it.
-PACK_MIN_LD = 512
+PACK_MIN_LD = 128
 PACK_MIN_ROWS = 8
 
 ASSIGN, ASSIGN_BIAS, ACCUMULATE = 0, 1, 2
 
 
 @njit(**_jit)
-def _block4(A, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0, k1):
+def _block4(A, a0, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0,
+            k1):
     """Rows i..i+3, columns j0..j0+n0+n1 of C over k0..k1, starting from S's rows
     (so + r*ss; s0/s1 lanes of them, zeros after: C itself, the bias, or nothing). Row k of
-    the B panel starts at bb + k*ldb."""
+    the B panel starts at bb + k*ldb, A(i + r, k) is A[a0 + r*sai + k*sak]."""
     V = lanes(C)
     o = i * ldc + j0
     c00 = vload_part(S, so, s0)
@@ -52,7 +57,6 @@ def _block4(A, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k
     c21 = vload_part(S, so + 2 * ss + V, s1)
     c30 = vload_part(S, so + 3 * ss, s0)
     c31 = vload_part(S, so + 3 * ss + V, s1)
-    a0 = i * sai
     if n1 > 0:
         for k in range(k0, k1):
             bk = bb + k * ldb
@@ -132,41 +136,72 @@ def _pack(B, ldb, transb, P, j0, n, k0, k1):
 
 
 @njit(**_jit)
+def _pack_a(A, sak, PA, i0, i1, k0, k1):
+    """Rows i0..i1 (whole blocks of 4) of a transposed A (A(i, k) = A[i + k*sak]) as
+    PA[(i - i0)*KC + (k - k0)*4 + r]: each block's 4 values per k side by side."""
+    for i in range(i0, i1, 4):
+        base = (i - i0) * KC
+        for k in range(k0, k1):
+            src = i + k * sak
+            dst = base + (k - k0) * 4
+            PA[dst] = at(A, src)
+            PA[dst + 1] = at(A, src + 1)
+            PA[dst + 2] = at(A, src + 2)
+            PA[dst + 3] = at(A, src + 3)
+
+
+@njit(**_jit)
 def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
     """C[i, j] for i < m, j < n: see the module docstring. ``A``, ``B``, ``C``, ``bias``
     are flat (1-D) views; ``mode`` ASSIGN, ASSIGN_BIAS or ACCUMULATE; ``transb``: B holds
     the transpose (B(k, j) = B[j*ldb + k])."""
     V = lanes(C)
-    # The panel scratch lives in this frame: no allocation per call.
+    itemsize = VEC_BYTES // V
+    mc = A_BLOCK_BYTES // (KC * itemsize)
+    # The scratch lives in this frame: no allocation per call.
     P = carray(stack_buffer(C, PANEL_BYTES), KC * 2 * V)
+    PA = carray(stack_buffer(C, A_BLOCK_BYTES), mc * KC)
     pack = transb or (ldb >= PACK_MIN_LD and m >= PACK_MIN_ROWS)
+    # A's rows i of a block far apart and read 4 at a time down k (the weight gradient's
+    # A^T): each step would touch a new line in the same few L1 sets.
+    pack_a = sai == 1 and sak >= PACK_MIN_LD and m >= PACK_MIN_ROWS
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         from_c = k0 > 0 or mode == ACCUMULATE
-        for j0 in range(0, n, 2 * V):
-            n0 = min(V, n - j0)
-            n1 = min(V, max(0, n - j0 - V))
-            if pack:
-                _pack(B, ldb, transb, P, j0, n0 + n1, k0, k1)
-                Bp, bb, ldp = P, -k0 * 2 * V, 2 * V
-            else:
-                Bp, bb, ldp = B, j0, ldb
-            # Where the accumulators start: C's rows, the bias (every row), or zeros (a
-            # masked load of no lanes): one branch-free load in the micro-kernels.
-            if from_c:
-                S, ss, s0, s1 = C, ldc, n0, n1
-            elif mode == ASSIGN_BIAS:
-                S, ss, s0, s1 = bias, 0, n0, n1
-            else:
-                S, ss, s0, s1 = C, 0, 0, 0
-            i = 0
-            while i + 4 <= m:
-                so = i * ldc + j0 if from_c else j0
-                _block4(A, sai, sak, Bp, bb, ldp, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1,
-                        k0, k1)
-                i += 4
-            while i < m:
-                so = i * ldc + j0 if from_c else j0
-                _block1(A, sai, sak, Bp, bb, ldp, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0,
-                        k1)
-                i += 1
+        # Rows of C in blocks of mc, so that the part of A they read (mc x KC) stays close
+        # while every panel of B passes (the weight gradient's A^T is a whole layer wide).
+        for i0 in range(0, m, mc):
+            i1 = min(m, i0 + mc)
+            if pack_a:
+                _pack_a(A, sak, PA, i0, i0 + (i1 - i0) // 4 * 4, k0, k1)
+            for j0 in range(0, n, 2 * V):
+                n0 = min(V, n - j0)
+                n1 = min(V, max(0, n - j0 - V))
+                if pack:
+                    _pack(B, ldb, transb, P, j0, n0 + n1, k0, k1)
+                    Bp, bb, ldp = P, -k0 * 2 * V, 2 * V
+                else:
+                    Bp, bb, ldp = B, j0, ldb
+                # Where the accumulators start: C's rows, the bias (every row), or zeros (a
+                # masked load of no lanes): one branch-free load in the micro-kernels.
+                if from_c:
+                    S, ss, s0, s1 = C, ldc, n0, n1
+                elif mode == ASSIGN_BIAS:
+                    S, ss, s0, s1 = bias, 0, n0, n1
+                else:
+                    S, ss, s0, s1 = C, 0, 0, 0
+                i = i0
+                while i + 4 <= i1:
+                    so = i * ldc + j0 if from_c else j0
+                    if pack_a:
+                        _block4(PA, (i - i0) * KC - 4 * k0, 1, 4, Bp, bb, ldp, C, ldc, S, so,
+                                ss, s0, s1, i, j0, n0, n1, k0, k1)
+                    else:
+                        _block4(A, i * sai, sai, sak, Bp, bb, ldp, C, ldc, S, so, ss, s0, s1,
+                                i, j0, n0, n1, k0, k1)
+                    i += 4
+                while i < i1:
+                    so = i * ldc + j0 if from_c else j0
+                    _block1(A, sai, sak, Bp, bb, ldp, C, ldc, S, so, s0, s1, i, j0, n0, n1,
+                            k0, k1)
+                    i += 1

@@ -4,13 +4,15 @@ LLVM does not register-block the GEMM loops Numba hands it: every accumulator go
 memory on each step of the reduction, because it cannot prove that the output and input
 arrays do not alias. With a value type for one machine vector, the accumulators of a
 micro-kernel are plain SSA values that live in registers (measured: 32x64 @ 64x64 in float32
-at ~190 GFLOP/s on one Zen 5 core, against ~60 through BLAS). A vector is VEC_BYTES wide:
-one AVX-512 register where the CPU has them, else two AVX2 ones' worth is too many for 16
-registers, so 32 bytes.
+at up to ~190 GFLOP/s on one Zen 5 core, against ~60 through BLAS). A vector is VEC_BYTES
+wide: one AVX-512 register where the CPU has them, else 32 bytes (one AVX2 register: the
+micro-kernel's 8 accumulators of 64 bytes would not fit in AVX2's 16 registers).
 
 All loads and stores address the flat data of a C-contiguous array (any number of
 dimensions) by element index, without bounds checks, like the kernels that use them.
 """
+import os
+
 import llvmlite.binding as ll
 from llvmlite import ir
 from numba import types
@@ -20,6 +22,11 @@ from numba.extending import intrinsic, register_model
 
 
 def _vector_bytes():
+    # FASTBP_SIMD_BYTES=32 forces the narrower vectors (the tests run both widths on one
+    # machine; numba's cache is keyed by CPU, not by this, so use a separate cache dir).
+    forced = os.environ.get("FASTBP_SIMD_BYTES")
+    if forced in ("32", "64"):
+        return int(forced)
     try:
         avx512 = bool(ll.get_host_cpu_features().get("avx512f", False))
     except Exception:   # no feature query on this platform: the portable width
@@ -78,18 +85,6 @@ def lanes(typingctx, arr):
     def codegen(context, builder, sig, args):
         return context.get_constant(types.intp, n)
     return types.intp(arr), codegen
-
-
-@intrinsic
-def vload(typingctx, arr, index):
-    """arr.flat[index : index + lanes]."""
-    vt = Vector(arr.dtype)
-
-    def codegen(context, builder, sig, args):
-        vty = context.get_value_type(vt)
-        return builder.load(_address(context, builder, sig.args[0], args[0], args[1], vty),
-                            align=arr.dtype.bitwidth // 8)
-    return vt(arr, index), codegen
 
 
 @intrinsic
@@ -160,25 +155,6 @@ def vfma(typingctx, a, b, c):
                                             f"llvm.fma.{_suffix(vty)}")
         return builder.call(fn, args)
     return a(a, b, c), codegen
-
-
-@intrinsic
-def vadd(typingctx, a, b):
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-    return a(a, b), codegen
-
-
-@intrinsic
-def vsum(typingctx, a):
-    """Sum of the lanes (any order)."""
-    def codegen(context, builder, sig, args):
-        vty = args[0].type
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty.element, [vty.element, vty]),
-            f"llvm.vector.reduce.fadd.{_suffix(vty)}")
-        return builder.call(fn, [ir.Constant(vty.element, 0.0), args[0]], fastmath=("reassoc",))
-    return a.dtype(a), codegen
 
 
 @intrinsic

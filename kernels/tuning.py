@@ -14,16 +14,18 @@ BLAS_MAX_HAND_OUTPUTS = 4
 BLAS_MIN_ROWS = 8
 
 # The register-blocked kernels of kernels.gemm replace BLAS (measured on one Zen 5 core,
-# float32, GFLOP/s, ours vs OpenBLAS):
+# float32, GFLOP/s, ours vs OpenBLAS, best of interleaved repetitions):
 # - forward, every layer with more than BLAS_MAX_HAND_OUTPUTS outputs: 32x64x64 110-190 vs
-#   55-110, 64x784x256 125-160 vs 90-125, 256x1024x1024 130 vs 97 (packed panels);
-# - weight gradient up to GEMM_MAX_WEIGHTS weights: 64x256x128 110-147 vs 82-107, but
-#   256x1024x1024 63 vs 102;
+#   55-110, 64x784x256 125-170 vs 90-125, 256x1024x1024 130-158 vs 97-102;
+# - weight gradient up to GEMM_MAX_WEIGHTS weights: 64x784x256 116 vs 98, 128x512x512 133
+#   vs 104; above, BLAS wins (128x1024x1024: 66 vs 99, 128x2048x2048: 75 vs 98);
 # - input delta D @ W^T (W transposed while packing) with at least GEMM_DELTA_MIN_OUTPUTS
-#   outputs and up to GEMM_MAX_WEIGHTS: 64x256x128 92 vs 81, 32x64x64 64 vs 59; a short
-#   reduction (128x128x10: 41 vs 57) or a huge W (1024x1024: 85 vs 98) loses.
+#   outputs and up to GEMM_DELTA_MAX_WEIGHTS weights: 64x256x128 92 vs 81, 64x784x256 91
+#   vs 85; a short reduction (128x128x10: 41 vs 57) or a larger W (512x512: 62 vs 97)
+#   loses.
 GEMM_MAX_WEIGHTS = 262144
 GEMM_DELTA_MIN_OUTPUTS = 32
+GEMM_DELTA_MAX_WEIGHTS = 204800
 
 # A batch is split over threads only when each thread gets at least this many rows and
 # this much work (multiply-adds: rows x sum of n_in*n_out, times 3 when training). Waking a

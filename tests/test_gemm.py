@@ -1,5 +1,9 @@
 """The register-blocked GEMM (kernels.gemm) against NumPy: every tail of the 4-row and
 2-vector blocking, K blocking, the three modes, both dtypes, and no write outside C."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -62,6 +66,7 @@ def test_gemm_modes_and_tails_match_numpy(dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_panels_of_wide_matrices(dtype):
     """B rows at least PACK_MIN_LD apart are copied into the stack panel first."""
+    assert VEC_BYTES == int(os.environ.get("FASTBP_SIMD_BYTES", VEC_BYTES))
     rng = np.random.default_rng(1)
     m, K, n = g.PACK_MIN_ROWS + 3, g.KC + 9, g.PACK_MIN_LD + 7
     A, B, bias, C = _case(rng, dtype, m, n, K)
@@ -79,3 +84,16 @@ def test_gemm_with_no_reduction_gives_the_start_values():
     np.testing.assert_array_equal(C, np.tile(bias, 2))
     g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, False, C, 4, bias, 2, 4, 0, g.ASSIGN)
     np.testing.assert_array_equal(C, 0.0)
+
+
+def test_gemm_with_32_byte_vectors(tmp_path):
+    """CPUs without AVX-512 get 32-byte vectors: the same checks with them forced (in a
+    fresh interpreter with its own cache, since the width is fixed at import)."""
+    if os.environ.get("FASTBP_SIMD_BYTES"):
+        pytest.skip("already running with forced vectors")
+    env = dict(os.environ, FASTBP_SIMD_BYTES="32", NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "not 32_byte"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "passed" in proc.stdout
