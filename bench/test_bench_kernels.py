@@ -9,9 +9,9 @@ Groups (each for the three comparison shapes narrow, mnist, wide):
   ``predict`` runs, without input validation).
 * ``forward+backward``: mean loss and full gradient over a block of rows through the engine
   (``CPUEngine.loss_and_grads``, what ``MLP.loss_and_grads`` runs; forward included, no update).
-* ``adam-update``: one Adam step over the whole flat parameter vector,
-  ``kernels.cpu.update_range`` on one thread, summing two per-thread gradient slots (inside
-  ``train_chunk`` the same function runs once per batch, split over threads in blocks).
+* ``adam-update``: one optimizer pass after a batch, ``kernels.cpu.update_all``: two
+  per-thread gradient slots folded, then one Adam step over the whole flat parameter
+  vector (what ``train_chunk`` runs after every batch).
 * ``epoch``: one shuffled training epoch through the public ``MLP.fit`` (Adam, warm start).
 
 Compilation is excluded: every kernel is compiled (or loaded from the cache) and run once
@@ -104,11 +104,15 @@ def test_adam_update(benchmark, case):
     params = net._params.copy()
     rng = np.random.default_rng(0)
     gbuf = rng.standard_normal((2, n), dtype=np.float32) * np.float32(1e-3)
+    blocks = net.layout.update_blocks(np.ones(net.layout.n_layers, dtype=bool))
+    block_sq = np.zeros(len(blocks))
     step = [0]
 
     def run():
+        # Two threads' gradient slots folded, then the Adam pass (as after each batch).
         step[0] += 1
-        cpu.update_range(opt.code, params, gbuf, 2, 1.0, state, hyper, opt.lr, step[0], 0, n)
+        cpu.update_all(opt.code, params, gbuf, 2, 0.0, state, hyper, opt.lr, step[0], blocks,
+                       block_sq)
 
     run()
     benchmark(run)
