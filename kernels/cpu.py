@@ -9,10 +9,11 @@ Layout shared by every kernel (built by ``fastbp.workspace``):
 * Row buffers ``Zbuf`` (pre-activations), ``Abuf`` (activations, layer 0 = input rows) and
   ``Dbuf`` (deltas) are flat; layer ``l`` occupies ``B*coff[l] : B*coff[l+1]`` viewed as
   (B, sizes[l]) where ``coff`` is the running sum of ``sizes``.
-* ``gbuf``: one gradient vector per thread (T, n_params). A batch is split into T row
-  slices; each thread carries its slice through forward and backward and writes the
-  gradient of its rows into its own slot, so no locks are needed; the optimizer pass then
-  sums the slots and updates the parameters in one sweep.
+* ``gbuf``: gradient vectors (T, n_params); the kernels return how many slots to sum. A
+  batch is split into up to T row slices; each thread carries its slice forward and back
+  to the deltas, then the threads split the batch's weight gradients by output columns
+  into gbuf[0] (disjoint spans, no locks), and the optimizer pass updates the parameters
+  in one sweep.
 
 No kernel allocates: every array is a view of a buffer passed in. Kernels do no bounds
 checks; the façade validates shapes and labels before calling them.
@@ -25,6 +26,7 @@ from numba import njit, prange
 
 from . import math as m
 from .gemm import ASSIGN, ASSIGN_BIAS, gemm
+from .simd import lanes
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
                      GEMM_DELTA_MAX_WEIGHTS, GEMM_DELTA_MIN_OUTPUTS, GEMM_MAX_WEIGHTS,
                      MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD, UPDATE_PARALLEL_MIN)
@@ -434,8 +436,9 @@ def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D, out):
 
 @njit(**_jit)
 def backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbuf, Abuf,
-                  Dbuf, r0, r1, g, drop, seed, step):
-    """Deltas from the output down to layer ``lowest``; gradients of trainable layers into g."""
+                  Dbuf, r0, r1, g, drop, seed, step, weight_grads):
+    """Deltas from the output down to layer ``lowest``; with ``weight_grads``, gradients of
+    the trainable layers into g (else the caller computes them from the deltas)."""
     L = sizes.shape[0] - 1
     for l in range(L - 1, lowest - 1, -1):
         n_in = sizes[l]
@@ -445,7 +448,7 @@ def backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbu
             Ain = A0
         else:
             Ain = layer_rows(Abuf, B, coff, l, r0, r1, n_in)
-        if trainable[l]:
+        if weight_grads and trainable[l]:
             o = poff[l]
             gW = g[o: o + n_in * n_out].reshape(n_in, n_out)
             gb = g[o + n_in * n_out: o + n_in * n_out + n_out]
@@ -469,10 +472,12 @@ def gather_rows(X, rows_idx, lo, hi, A0):
 
 @njit(**_jit)
 def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, acts, poff,
-                    coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, g, drop, seed, step, out):
+                    coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, g, drop, seed, step, out,
+                    weight_grads):
     """Forward, loss and backward for rows r0..r1 of the batch starting at ``b0``.
 
-    ``out`` receives [scaled loss sum, metric sum] of the slice."""
+    ``out`` receives [scaled loss sum, metric sum] of the slice; ``weight_grads``: whether
+    the slice's weight gradients go into g (see loss_grad_slices)."""
     L = sizes.shape[0] - 1
     A0 = layer_rows(Abuf, B, coff, 0, r0, r1, sizes[0])
     gather_rows(X, rows_idx, b0 + r0, b0 + r1, A0)
@@ -483,7 +488,7 @@ def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, act
     Do = layer_rows(Dbuf, B, coff, L, r0, r1, sizes[L])
     loss_and_output_delta(Zo, Ao, Y, row_w, rows_idx, b0 + r0, loss, scale, Do, out)
     backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbuf, Abuf,
-                  Dbuf, r0, r1, g, drop, seed, step)
+                  Dbuf, r0, r1, g, drop, seed, step, weight_grads)
 
 
 # ------------------------------------------------------------------------ optimizers
@@ -617,25 +622,75 @@ def update_all(opt, params, gbuf, nt, clip_norm, state, hyper, lr, step, blocks,
                          blocks[bi, 1])
 
 
+@njit(**_jit)
+def weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf, Dbuf, g,
+                     t, nt):
+    """Part ``t`` of ``nt`` of the weight gradients of a whole batch (every slice's deltas
+    are in Dbuf). A layer that goes through kernels.gemm is split by output columns, in
+    whole vectors; any other layer (BLAS or a regression head) is done whole by one part,
+    layers dealt round-robin. Each part writes disjoint spans of g."""
+    L = sizes.shape[0] - 1
+    whole = 0
+    for l in range(L - 1, lowest - 1, -1):
+        if not trainable[l]:
+            continue
+        n_in = sizes[l]
+        n_out = sizes[l + 1]
+        o = poff[l]
+        A = layer_rows(Abuf, B, coff, l, 0, rows, n_in)
+        D = layer_rows(Dbuf, B, coff, l + 1, 0, rows, n_out)
+        gW = g[o: o + n_in * n_out]
+        gb = g[o + n_in * n_out: o + n_in * n_out + n_out]
+        if gemm_weight_grad(n_in, n_out):
+            V = lanes(gW)
+            c0 = (t * n_out // nt) // V * V
+            c1 = n_out if t == nt - 1 else ((t + 1) * n_out // nt) // V * V
+            if c1 <= c0:
+                continue
+            for j in range(c0, c1):
+                gb[j] = 0
+            for i in range(rows):
+                di = D[i]
+                for j in range(c0, c1):
+                    gb[j] += di[j]
+            gemm(flat(A), 1, n_in, flat(D)[c0:], n_out, False, gW[c0:], n_out, gb, n_in,
+                 c1 - c0, rows, ASSIGN)
+        else:
+            if whole % nt == t:
+                dense_weight_grad(A, D, gW.reshape(n_in, n_out), gb)
+            whole += 1
+
+
 @njit(parallel=True, **_jit)
 def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
                      trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
                      tloss):
-    """Forward, loss and backward of one batch split into ``nt`` row slices: slice t's
-    gradient goes into gbuf[t], and the batch's [scaled loss sum, metric sum] into tloss[0].
-    One slice runs in the calling thread: no parallel region is started for it."""
+    """Forward, loss and backward of one batch split into ``nt`` row slices; the batch's
+    [scaled loss sum, metric sum] into tloss[0]. Returns how many slots of gbuf hold parts
+    of the gradient (to be summed).
+
+    One slice runs in the calling thread: no parallel region, the gradient in gbuf[0].
+    Several: each thread carries its slice forward and back to the deltas, then, after
+    the region ends, the threads split the weight gradients of the whole batch by output
+    columns straight into gbuf[0]. Per-slice gradient slots would each be a full
+    parameter-sized write plus a fold before the update (measured: two threads were no
+    faster than one on an MNIST-sized net), and the whole-batch products are taller."""
     if nt == 1:
         slice_loss_grad(X, Y, row_w, perm, b0, 0, rows, scale, params, sizes, acts, poff,
                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[0], drop,
-                        seed, step, tloss[0])
-        return
+                        seed, step, tloss[0], True)
+        return 1
     for t in prange(nt):
         slice_loss_grad(X, Y, row_w, perm, b0, t * rows // nt, (t + 1) * rows // nt, scale,
                         params, sizes, acts, poff, coff, trainable, lowest, loss, B, Zbuf,
-                        Abuf, Dbuf, gbuf[t], drop, seed, step, tloss[t])
+                        Abuf, Dbuf, gbuf[t], drop, seed, step, tloss[t], False)
+    for t in prange(nt):
+        weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf, Dbuf,
+                         gbuf[0], t, nt)
     for t in range(1, nt):
         tloss[0, 0] += tloss[t, 0]
         tloss[0, 1] += tloss[t, 1]
+    return 1
 
 
 # ------------------------------------------------------------------ compiled entries
@@ -660,15 +715,16 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
         b0 = start + k * batch_size
         rows = min(batch_size, stop - b0)
         nt = n_slices(rows, gbuf.shape[0], work)
-        loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, loss_scale(loss, rows, n_out),
-                         params, sizes, acts, poff, coff, trainable, lowest, loss, batch_size,
-                         Zbuf, Abuf, Dbuf, gbuf, drop, seed, step + k + 1, tloss)
+        slots = loss_grad_slices(nt, rows, X, Y, row_w, perm, b0,
+                                 loss_scale(loss, rows, n_out), params, sizes, acts, poff,
+                                 coff, trainable, lowest, loss, batch_size, Zbuf, Abuf, Dbuf,
+                                 gbuf, drop, seed, step + k + 1, tloss)
         total = tloss[0, 0]
         losses[k, 0] = total
         losses[k, 1] = tloss[0, 1]
         if not math.isfinite(total):
             return k
-        update_all(opt, params, gbuf, nt, clip_norm, state, hyper, lrs[k], step + k + 1,
+        update_all(opt, params, gbuf, slots, clip_norm, state, hyper, lrs[k], step + k + 1,
                    blocks, block_sq)
     return n_batches
 
@@ -689,12 +745,12 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
     for b0 in range(0, n, B):
         rows = min(B, n - b0)
         nt = n_slices(rows, gbuf.shape[0], work)
-        loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes, acts, poff,
-                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, no_drop, 0,
-                         0, tloss)
+        slots = loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes,
+                                 acts, poff, coff, trainable, lowest, loss, B, Zbuf, Abuf,
+                                 Dbuf, gbuf, no_drop, 0, 0, tloss)
         total += tloss[0, 0]
         for i in prange(P):
-            grads[i] += summed_grad(gbuf, nt, i)
+            grads[i] += summed_grad(gbuf, slots, i)
     return total
 
 
@@ -816,12 +872,12 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
         G[P + 1] = 0.0
         return
     nt = n_slices(rows, gbuf.shape[0], 3 * forward_macs(sizes))
-    loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
-                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
-                     tloss)
+    slots = loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts,
+                             poff, coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf,
+                             drop, seed, step, tloss)
     for bi in prange(nblocks):
         for i in range(blocks[bi, 0], blocks[bi, 1]):
-            G[i] = summed_grad(gbuf, nt, i)
+            G[i] = summed_grad(gbuf, slots, i)
     G[P] = tloss[0, 0]
     G[P + 1] = tloss[0, 1]
 

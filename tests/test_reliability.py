@@ -114,10 +114,15 @@ Xs = X[:, :6].copy()
 def run(threads):
     numba.set_num_threads(threads)
     out = []
-    # wide first layer (BLAS path) and narrow ones (hand-written loops), dropout, clipping
+    # a wide first layer and narrow ones, dropout, clipping; batches split over threads
     wide = fastbp.MLP([300, 256, 8, 3], dtype="float64", dropout=0.2, device="cpu", seed=0)
     wide.fit(X, y, epochs=2, batch_size=64, optimizer="adam", lr=1e-3, clip_norm=5.0)
     out += wide.get_weights() + [wide.predict_proba(X)]
+    # a frozen middle layer: two threads split the weight gradients of the others
+    frozen = fastbp.MLP([300, 256, 8, 3], dtype="float64", device="cpu", seed=1)
+    frozen.freeze(1)
+    frozen.fit(X, y, epochs=2, batch_size=64, optimizer="sgd", lr=0.05)
+    out += frozen.get_weights()
     narrow = fastbp.MLP([6, 16, 16, 1], activation="tanh", loss="mse", dtype="float64",
                         device="cpu", seed=0)
     narrow.fit(Xs, y.astype(float), epochs=3, batch_size=40, optimizer="sgd", lr=0.05)
