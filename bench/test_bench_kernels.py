@@ -9,9 +9,9 @@ Groups (each for the three comparison shapes narrow, mnist, wide):
   ``predict`` runs, without input validation).
 * ``forward+backward``: mean loss and full gradient over a block of rows through the engine
   (``CPUEngine.loss_and_grads``, what ``MLP.loss_and_grads`` runs; forward included, no update).
-* ``adam-update``: one optimizer pass after a batch, ``kernels.cpu.update_all``: two
-  per-thread gradient slots folded, then one Adam step over the whole flat parameter
-  vector (what ``train_chunk`` runs after every batch).
+* ``adam-update``: one optimizer pass after a batch, ``kernels.cpu.update_all``: one
+  Adam step over the whole flat parameter vector (what ``train_chunk`` runs after every
+  batch).
 * ``epoch``: one shuffled training epoch through the public ``MLP.fit`` (Adam, warm start).
 
 Compilation is excluded: every kernel is compiled (or loaded from the cache) and run once
@@ -103,15 +103,14 @@ def test_adam_update(benchmark, case):
     hyper = opt.hyper()
     params = net._params.copy()
     rng = np.random.default_rng(0)
-    gbuf = rng.standard_normal((2, n), dtype=np.float32) * np.float32(1e-3)
+    grad = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
     blocks = net.layout.update_blocks(np.ones(net.layout.n_layers, dtype=bool))
     block_sq = np.zeros(len(blocks))
     step = [0]
 
     def run():
-        # Two threads' gradient slots folded, then the Adam pass (as after each batch).
         step[0] += 1
-        cpu.update_all(opt.code, params, gbuf, 2, 0.0, state, hyper, opt.lr, step[0], blocks,
+        cpu.update_all(opt.code, params, grad, 0.0, state, hyper, opt.lr, step[0], blocks,
                        block_sq)
 
     run()

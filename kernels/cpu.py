@@ -9,11 +9,11 @@ Layout shared by every kernel (built by ``fastbp.workspace``):
 * Row buffers ``Zbuf`` (pre-activations), ``Abuf`` (activations, layer 0 = input rows) and
   ``Dbuf`` (deltas) are flat; layer ``l`` occupies ``B*coff[l] : B*coff[l+1]`` viewed as
   (B, sizes[l]) where ``coff`` is the running sum of ``sizes``.
-* ``gbuf``: gradient vectors (T, n_params); the kernels return how many slots to sum. A
-  batch is split into up to T row slices; each thread carries its slice forward and back
-  to the deltas, then the threads split the batch's weight gradients by output columns
-  into gbuf[0] (disjoint spans, no locks), and the optimizer pass updates the parameters
-  in one sweep.
+* ``gbuf``: (T, n_params); its first row receives the gradient, and T is the most
+  threads a batch is split over. Each thread carries its row slice forward and back to
+  the deltas, then the threads split the batch's weight gradients by output columns into
+  gbuf[0] (disjoint spans, no locks), and the optimizer pass updates the parameters in
+  one sweep.
 
 No kernel allocates: every array is a view of a buffer passed in. Kernels do no bounds
 checks; the façade validates shapes and labels before calling them.
@@ -494,14 +494,6 @@ def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, act
 # ------------------------------------------------------------------------ optimizers
 
 @njit(**_jit)
-def summed_grad(gbuf, nt, i):
-    g = gbuf[0, i]
-    for t in range(1, nt):
-        g += gbuf[t, i]
-    return g
-
-
-@njit(**_jit)
 def update_range(opt, params, grad, gscale, state, hyper, lr, step, lo, hi):
     """One optimizer step of params[lo:hi] from ``grad`` (scaled by ``gscale``).
 
@@ -565,32 +557,19 @@ def update_range(opt, params, grad, gscale, state, hyper, lr, step, lo, hi):
 
 
 @njit(**_jit_fast)
-def grad_sq_range(gbuf, nt, lo, hi):
+def grad_sq_range(grad, lo, hi, block_sq, bi):
+    """Squared norm of grad[lo:hi] into block_sq[bi] (for clipping)."""
     s = 0.0
     for i in range(lo, hi):
-        g = summed_grad(gbuf, nt, i)
-        s += g * g
-    return s
-
-
-@njit(**_jit)
-def fold_block(gbuf, nt, lo, hi, clip_norm, block_sq, bi):
-    """Add slots 1..nt-1 of gbuf[:, lo:hi] into slot 0 (a vectorisable pass: summing inside
-    the optimizer loop would stop it vectorising) and, when clipping, its squared norm."""
-    g0 = gbuf[0, lo:hi]
-    for t in range(1, nt):
-        gt = gbuf[t, lo:hi]
-        for i in range(hi - lo):
-            g0[i] += gt[i]
-    if clip_norm > 0.0:
-        block_sq[bi] = grad_sq_range(gbuf, 1, lo, hi)
+        s += grad[i] * grad[i]
+    block_sq[bi] = s
 
 
 @njit(parallel=True, **_jit)
-def update_all(opt, params, gbuf, nt, clip_norm, state, hyper, lr, step, blocks, block_sq):
-    """Sum the per-thread gradients, clip their global norm if asked, then one optimizer
-    step over every trainable block; one thread for small vectors, where waking the others
-    costs more than the pass.
+def update_all(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, block_sq):
+    """Clip the gradient's global norm if asked, then one optimizer step over every
+    trainable block; one thread for small vectors, where waking the others costs more than
+    the pass.
 
     Clipping follows torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6),
     clamped to 1. Per-block partial sums go to ``block_sq``: a prange reduction would
@@ -598,20 +577,18 @@ def update_all(opt, params, gbuf, nt, clip_norm, state, hyper, lr, step, blocks,
     """
     nblocks = blocks.shape[0]
     serial = blocks[nblocks - 1, 1] - blocks[0, 0] < UPDATE_PARALLEL_MIN
-    if nt > 1 or clip_norm > 0.0:
-        if serial:
-            for bi in range(nblocks):
-                fold_block(gbuf, nt, blocks[bi, 0], blocks[bi, 1], clip_norm, block_sq, bi)
-        else:
-            for bi in prange(nblocks):
-                fold_block(gbuf, nt, blocks[bi, 0], blocks[bi, 1], clip_norm, block_sq, bi)
     gscale = 1.0
     if clip_norm > 0.0:
+        if serial:
+            for bi in range(nblocks):
+                grad_sq_range(grad, blocks[bi, 0], blocks[bi, 1], block_sq, bi)
+        else:
+            for bi in prange(nblocks):
+                grad_sq_range(grad, blocks[bi, 0], blocks[bi, 1], block_sq, bi)
         sq = 0.0
         for bi in range(nblocks):
             sq += block_sq[bi]
         gscale = min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
-    grad = gbuf[0]
     if serial:
         for bi in range(nblocks):
             update_range(opt, params, grad, gscale, state, hyper, lr, step, blocks[bi, 0],
@@ -665,32 +642,31 @@ def weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf
 def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
                      trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
                      tloss):
-    """Forward, loss and backward of one batch split into ``nt`` row slices; the batch's
-    [scaled loss sum, metric sum] into tloss[0]. Returns how many slots of gbuf hold parts
-    of the gradient (to be summed).
+    """Forward, loss and backward of one batch split into ``nt`` row slices: the gradient
+    into gbuf[0], the batch's [scaled loss sum, metric sum] into tloss[0].
 
-    One slice runs in the calling thread: no parallel region, the gradient in gbuf[0].
-    Several: each thread carries its slice forward and back to the deltas, then, after
-    the region ends, the threads split the weight gradients of the whole batch by output
-    columns straight into gbuf[0]. Per-slice gradient slots would each be a full
-    parameter-sized write plus a fold before the update (measured: two threads were no
-    faster than one on an MNIST-sized net), and the whole-batch products are taller."""
+    One slice runs in the calling thread: no parallel region. Several: each thread carries
+    its slice forward and back to the deltas, then, after the region ends, the threads
+    split the weight gradients of the whole batch by output columns straight into
+    gbuf[0]. Per-slice gradient slots would each be a full parameter-sized write plus a
+    fold before the update (measured: two threads were no faster than one on an
+    MNIST-sized net), and the whole-batch products are taller. gbuf[t > 0] is not
+    written."""
     if nt == 1:
         slice_loss_grad(X, Y, row_w, perm, b0, 0, rows, scale, params, sizes, acts, poff,
                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[0], drop,
                         seed, step, tloss[0], True)
-        return 1
+        return
     for t in prange(nt):
         slice_loss_grad(X, Y, row_w, perm, b0, t * rows // nt, (t + 1) * rows // nt, scale,
                         params, sizes, acts, poff, coff, trainable, lowest, loss, B, Zbuf,
-                        Abuf, Dbuf, gbuf[t], drop, seed, step, tloss[t], False)
+                        Abuf, Dbuf, gbuf[0], drop, seed, step, tloss[t], False)
     for t in prange(nt):
         weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf, Dbuf,
                          gbuf[0], t, nt)
     for t in range(1, nt):
         tloss[0, 0] += tloss[t, 0]
         tloss[0, 1] += tloss[t, 1]
-    return 1
 
 
 # ------------------------------------------------------------------ compiled entries
@@ -715,16 +691,15 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
         b0 = start + k * batch_size
         rows = min(batch_size, stop - b0)
         nt = n_slices(rows, gbuf.shape[0], work)
-        slots = loss_grad_slices(nt, rows, X, Y, row_w, perm, b0,
-                                 loss_scale(loss, rows, n_out), params, sizes, acts, poff,
-                                 coff, trainable, lowest, loss, batch_size, Zbuf, Abuf, Dbuf,
-                                 gbuf, drop, seed, step + k + 1, tloss)
+        loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, loss_scale(loss, rows, n_out),
+                         params, sizes, acts, poff, coff, trainable, lowest, loss, batch_size,
+                         Zbuf, Abuf, Dbuf, gbuf, drop, seed, step + k + 1, tloss)
         total = tloss[0, 0]
         losses[k, 0] = total
         losses[k, 1] = tloss[0, 1]
         if not math.isfinite(total):
             return k
-        update_all(opt, params, gbuf, slots, clip_norm, state, hyper, lrs[k], step + k + 1,
+        update_all(opt, params, gbuf[0], clip_norm, state, hyper, lrs[k], step + k + 1,
                    blocks, block_sq)
     return n_batches
 
@@ -745,12 +720,13 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
     for b0 in range(0, n, B):
         rows = min(B, n - b0)
         nt = n_slices(rows, gbuf.shape[0], work)
-        slots = loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes,
-                                 acts, poff, coff, trainable, lowest, loss, B, Zbuf, Abuf,
-                                 Dbuf, gbuf, no_drop, 0, 0, tloss)
+        loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes, acts, poff,
+                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, no_drop, 0,
+                         0, tloss)
         total += tloss[0, 0]
+        g = gbuf[0]
         for i in prange(P):
-            grads[i] += summed_grad(gbuf, slots, i)
+            grads[i] += g[i]
     return total
 
 
@@ -872,12 +848,13 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
         G[P + 1] = 0.0
         return
     nt = n_slices(rows, gbuf.shape[0], 3 * forward_macs(sizes))
-    slots = loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts,
-                             poff, coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf,
-                             drop, seed, step, tloss)
+    loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
+                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
+                     tloss)
+    g = gbuf[0]
     for bi in prange(nblocks):
         for i in range(blocks[bi, 0], blocks[bi, 1]):
-            G[i] = summed_grad(gbuf, slots, i)
+            G[i] = g[i]
     G[P] = tloss[0, 0]
     G[P + 1] = tloss[0, 1]
 
@@ -885,6 +862,5 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
 @njit(**_jit)
 def apply_update(opt, params, G, state, hyper, lr, step, clip_norm, blocks, block_sq):
     """One optimizer step from the flat gradient G[:P] (e.g. after an allreduce)."""
-    P = params.shape[0]
-    G2 = G[:P].reshape(1, P)
-    update_all(opt, params, G2, 1, clip_norm, state, hyper, lr, step, blocks, block_sq)
+    update_all(opt, params, G[:params.shape[0]], clip_norm, state, hyper, lr, step, blocks,
+               block_sq)
