@@ -32,7 +32,6 @@ CHILD_MEMORY = r"""
 import resource, sys, json
 import numpy as np, fastbp
 from fastbp.workspace import Layout, Workspace
-from numba import get_num_threads
 rng = np.random.default_rng(0)
 net = fastbp.MLP([784, 256, 128, 10], device="cpu")
 net.fit(rng.random((256, 784), dtype=np.float32), np.arange(256) % 10, epochs=1)  # warm up
@@ -46,9 +45,8 @@ lay = Layout([784, 256, 128, 10])
 ws = Workspace(lay, 128, np.float32)
 params4 = 4 * lay.n_params * 4
 buffers = ws.Z.nbytes + ws.A.nbytes + ws.D.nbytes
-slots = (get_num_threads() - 1) * lay.n_params * 4     # per-thread gradient slots beyond one
 print(json.dumps(dict(baseline=base, peak=peak, data=data, params_x4=params4,
-                      batch_buffers=buffers, extra_gradient_slots=slots)))
+                      batch_buffers=buffers)))
 """
 
 
@@ -78,8 +76,7 @@ def main(argv=None):
     print(f"peak RSS {mem['peak'] / mib:.0f} MiB vs budget {budget / mib:.0f} MiB "
           f"(baseline {mem['baseline'] / mib:.0f}, data {mem['data'] / mib:.0f}, "
           f"4 x params {mem['params_x4'] / mib:.1f}, batch buffers "
-          f"{mem['batch_buffers'] / mib:.1f}; per-thread gradient slots beyond one "
-          f"{mem['extra_gradient_slots'] / mib:.1f})")
+          f"{mem['batch_buffers'] / mib:.1f})")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -126,7 +126,7 @@ class CPUEngine:
         m, lay, ws = self.model, self.model.layout, s.ws
         return cpu.train_chunk(s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, m._params,
                                lay.sizes, m._acts, lay.poff, lay.coff, s.trainable, s.lowest,
-                               m._loss_code, ws.Z, ws.A, ws.D, ws.gbuf, ws.tloss,
+                               m._loss_code, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
                                s.optimizer.code, s.state, s.hyper, lrs, step, clip_norm,
                                s.blocks, s.block_sq, out, m._drop, s.seed)
 
@@ -141,7 +141,7 @@ class CPUEngine:
         m, lay, ws = self.model, self.model.layout, s.ws
         cpu.batch_grads(s.X, s.Y, s.row_w, perm, b0, rows, scale, m._params, lay.sizes,
                         m._acts, lay.poff, lay.coff, s.trainable, s.lowest, m._loss_code, ws.Z,
-                        ws.A, ws.D, ws.gbuf, ws.tloss, s.blocks, m._drop, s.seed, step, G)
+                        ws.A, ws.D, ws.grad, ws.tloss, s.blocks, m._drop, s.seed, step, G)
         if flag is not None:
             G[lay.n_params + 2] = flag
 
@@ -207,7 +207,7 @@ class CPUEngine:
         order = np.arange(X.shape[0], dtype=np.int64)
         loss = cpu.accumulate_loss_grads(X, Y, row_w, order, m._params, lay.sizes, m._acts,
                                          lay.poff, lay.coff, every, 0, m._loss_code,
-                                         ws.batch_rows, ws.Z, ws.A, ws.D, ws.gbuf, ws.tloss,
+                                         ws.batch_rows, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
                                          grads)
         return float(loss), grads
 

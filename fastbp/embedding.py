@@ -18,7 +18,7 @@ from .workspace import Workspace
 
 @njit(cache=True, nogil=True)
 def train_step(params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf,
-               gbuf, tloss, opt, state, hyper, lr, step, clip_norm, blocks, block_sq, losses,
+               grad, tloss, opt, state, hyper, lr, step, clip_norm, blocks, block_sq, losses,
                drop, seed, perm, row_w, X, Y):
     """One optimizer step on the rows of X (at most the trainer's batch size).
 
@@ -37,7 +37,7 @@ def train_step(params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, A
     if Y.shape[0] != n or Y.shape[1] != n_out:
         raise ValueError("y_batch must have shape (rows of x_batch, n_outputs)")
     done = train_chunk(X, Y, row_w, perm, 0, n, perm.shape[0], params, sizes, acts, poff,
-                       coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, opt,
+                       coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt,
                        state, hyper, lr, step[0], clip_norm, blocks, block_sq, losses, drop,
                        seed)
     step[0] += done
@@ -79,7 +79,7 @@ def compiled_trainer(model, batch_size=64, optimizer="adam", lr=None, clip_norm=
     blocks = lay.update_blocks(trainable)
     model._engine_sync()
     args = (model._params, lay.sizes, model._acts, lay.poff, lay.coff, trainable,
-            int(np.flatnonzero(trainable)[0]), model._loss_code, ws.Z, ws.A, ws.D, ws.gbuf,
+            int(np.flatnonzero(trainable)[0]), model._loss_code, ws.Z, ws.A, ws.D, ws.grad,
             ws.tloss, opt.code, opt.init_state(model.n_params, model.dtype), opt.hyper(),
             np.array([opt.lr], dtype=np.float64), np.zeros(1, dtype=np.int64), clip,
             blocks, np.zeros(len(blocks)), np.zeros((1, 2), dtype=np.float64), model._drop,

@@ -62,7 +62,8 @@ class Layout:
 
 
 class Workspace:
-    """Row buffers for ``batch_rows`` rows and one gradient slot per thread, made once."""
+    """Row buffers for ``batch_rows`` rows, the gradient, and per-thread loss sums (their
+    rows bound how many threads share a batch), made once."""
 
     def __init__(self, layout, batch_rows, dtype, n_threads=None):
         self.layout = layout
@@ -73,6 +74,6 @@ class Workspace:
         self.Z = np.zeros(size, dtype=self.dtype)
         self.A = np.zeros(size, dtype=self.dtype)
         self.D = np.zeros(size, dtype=self.dtype)
-        self.gbuf = np.zeros((self.n_threads, layout.n_params), dtype=self.dtype)
+        self.grad = np.zeros(layout.n_params, dtype=self.dtype)
         self.tloss = np.zeros((self.n_threads, 2), dtype=np.float64)   # [loss, metric]
 

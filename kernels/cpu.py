@@ -9,11 +9,11 @@ Layout shared by every kernel (built by ``fastbp.workspace``):
 * Row buffers ``Zbuf`` (pre-activations), ``Abuf`` (activations, layer 0 = input rows) and
   ``Dbuf`` (deltas) are flat; layer ``l`` occupies ``B*coff[l] : B*coff[l+1]`` viewed as
   (B, sizes[l]) where ``coff`` is the running sum of ``sizes``.
-* ``gbuf``: (T, n_params); its first row receives the gradient, and T is the most
-  threads a batch is split over. Each thread carries its row slice forward and back to
-  the deltas, then the threads split the batch's weight gradients by output columns into
-  gbuf[0] (disjoint spans, no locks), and the optimizer pass updates the parameters in
-  one sweep.
+* ``grad``: the flat gradient; ``tloss`` (T, 2): per-thread [loss, metric] sums, whose T
+  rows bound how many threads share a batch. Each thread carries its row slice forward
+  and back to the deltas, then the threads split the batch's weight gradients by output
+  columns into ``grad`` (disjoint spans, no locks), and the optimizer pass updates the
+  parameters in one sweep.
 
 No kernel allocates: every array is a view of a buffer passed in. Kernels do no bounds
 checks; the façade validates shapes and labels before calling them.
@@ -640,30 +640,29 @@ def weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf
 
 @njit(parallel=True, **_jit)
 def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
-                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
+                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, grad, drop, seed, step,
                      tloss):
     """Forward, loss and backward of one batch split into ``nt`` row slices: the gradient
-    into gbuf[0], the batch's [scaled loss sum, metric sum] into tloss[0].
+    into ``grad``, the batch's [scaled loss sum, metric sum] into tloss[0].
 
     One slice runs in the calling thread: no parallel region. Several: each thread carries
     its slice forward and back to the deltas, then, after the region ends, the threads
     split the weight gradients of the whole batch by output columns straight into
-    gbuf[0]. Per-slice gradient slots would each be a full parameter-sized write plus a
+    ``grad``. Per-slice gradient slots would each be a full parameter-sized write plus a
     fold before the update (measured: two threads were no faster than one on an
-    MNIST-sized net), and the whole-batch products are taller. gbuf[t > 0] is not
-    written."""
+    MNIST-sized net), and the whole-batch products are taller."""
     if nt == 1:
         slice_loss_grad(X, Y, row_w, perm, b0, 0, rows, scale, params, sizes, acts, poff,
-                        coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf[0], drop,
+                        coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, grad, drop,
                         seed, step, tloss[0], True)
         return
     for t in prange(nt):
         slice_loss_grad(X, Y, row_w, perm, b0, t * rows // nt, (t + 1) * rows // nt, scale,
                         params, sizes, acts, poff, coff, trainable, lowest, loss, B, Zbuf,
-                        Abuf, Dbuf, gbuf[0], drop, seed, step, tloss[t], False)
+                        Abuf, Dbuf, grad, drop, seed, step, tloss[t], False)
     for t in prange(nt):
         weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf, Dbuf,
-                         gbuf[0], t, nt)
+                         grad, t, nt)
     for t in range(1, nt):
         tloss[0, 0] += tloss[t, 0]
         tloss[0, 1] += tloss[t, 1]
@@ -673,7 +672,7 @@ def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts
 
 @njit(**_jit)
 def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts, poff, coff,
-                trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, opt, state, hyper,
+                trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt, state, hyper,
                 lrs, step, clip_norm, blocks, block_sq, losses, drop, seed):
     """Train on the mini-batches of ``perm[start:stop]``, one optimizer step each.
 
@@ -690,23 +689,23 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
     for k in range(n_batches):
         b0 = start + k * batch_size
         rows = min(batch_size, stop - b0)
-        nt = n_slices(rows, gbuf.shape[0], work)
+        nt = n_slices(rows, tloss.shape[0], work)
         loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, loss_scale(loss, rows, n_out),
                          params, sizes, acts, poff, coff, trainable, lowest, loss, batch_size,
-                         Zbuf, Abuf, Dbuf, gbuf, drop, seed, step + k + 1, tloss)
+                         Zbuf, Abuf, Dbuf, grad, drop, seed, step + k + 1, tloss)
         total = tloss[0, 0]
         losses[k, 0] = total
         losses[k, 1] = tloss[0, 1]
         if not math.isfinite(total):
             return k
-        update_all(opt, params, gbuf[0], clip_norm, state, hyper, lrs[k], step + k + 1,
+        update_all(opt, params, grad, clip_norm, state, hyper, lrs[k], step + k + 1,
                    blocks, block_sq)
     return n_batches
 
 
 @njit(parallel=True, **_jit)
 def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, trainable,
-                          lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, tloss, grads):
+                          lowest, loss, B, Zbuf, Abuf, Dbuf, grad, tloss, grads):
     """Mean loss over all rows of X and its gradient (every layer) into ``grads``; no update."""
     n = X.shape[0]
     n_out = sizes[sizes.shape[0] - 1]
@@ -719,14 +718,13 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
     total = 0.0
     for b0 in range(0, n, B):
         rows = min(B, n - b0)
-        nt = n_slices(rows, gbuf.shape[0], work)
+        nt = n_slices(rows, tloss.shape[0], work)
         loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes, acts, poff,
-                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, no_drop, 0,
+                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, grad, no_drop, 0,
                          0, tloss)
         total += tloss[0, 0]
-        g = gbuf[0]
         for i in prange(P):
-            grads[i] += g[i]
+            grads[i] += grad[i]
     return total
 
 
@@ -830,7 +828,7 @@ def predict_rows(params, sizes, acts, poff, coff, loss, Zbuf, Abuf, X, out):
 
 @njit(parallel=True, **_jit)
 def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, coff,
-                trainable, lowest, loss, Zbuf, Abuf, Dbuf, gbuf, tloss, blocks, drop, seed,
+                trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, blocks, drop, seed,
                 step, G):
     """Gradient of one batch (rows perm[b0:b0+rows]) into G[:P]; G[P] = its scaled loss sum,
     G[P+1] = its metric sum. ``scale`` is set by the caller (1/global rows for a batch split
@@ -847,14 +845,13 @@ def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, c
         G[P] = 0.0
         G[P + 1] = 0.0
         return
-    nt = n_slices(rows, gbuf.shape[0], 3 * forward_macs(sizes))
+    nt = n_slices(rows, tloss.shape[0], 3 * forward_macs(sizes))
     loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
-                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, gbuf, drop, seed, step,
+                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, grad, drop, seed, step,
                      tloss)
-    g = gbuf[0]
     for bi in prange(nblocks):
         for i in range(blocks[bi, 0], blocks[bi, 1]):
-            G[i] = g[i]
+            G[i] = grad[i]
     G[P] = tloss[0, 0]
     G[P + 1] = tloss[0, 1]
 
