@@ -179,16 +179,22 @@ def dense_forward(A, W, b, Z):
 
 
 @njit(**_jit_fast)
+def bias_grad(D, gb, c0, c1):
+    """gb[c0:c1] = column sums of D[:, c0:c1]  (overwrites)."""
+    for j in range(c0, c1):
+        gb[j] = 0
+    for i in range(D.shape[0]):
+        di = D[i]
+        for j in range(c0, c1):
+            gb[j] += di[j]
+
+
+@njit(**_jit_fast)
 def dense_weight_grad(A, D, gW, gb):
     """gW = A^T @ D, gb = column sums of D  (overwrites, never accumulates)."""
     rows, n_in = A.shape
     n_out = D.shape[1]
-    for j in range(n_out):
-        gb[j] = 0
-    for i in range(rows):
-        di = D[i]
-        for j in range(n_out):
-            gb[j] += di[j]
+    bias_grad(D, gb, 0, n_out)
     if gemm_weight_grad(n_in, n_out):
         gemm(flat(A), 1, n_in, flat(D), n_out, False, flat(gW), n_out, gb, n_in, n_out, rows,
              ASSIGN)
@@ -624,12 +630,7 @@ def weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf
             c1 = n_out if t == nt - 1 else ((t + 1) * n_out // nt) // V * V
             if c1 <= c0:
                 continue
-            for j in range(c0, c1):
-                gb[j] = 0
-            for i in range(rows):
-                di = D[i]
-                for j in range(c0, c1):
-                    gb[j] += di[j]
+            bias_grad(D, gb, c0, c1)
             gemm(flat(A), 1, n_in, flat(D)[c0:], n_out, False, gW[c0:], n_out, gb, n_in,
                  c1 - c0, rows, ASSIGN)
         else:
