@@ -4,11 +4,14 @@ Same layout and semantics as ``kernels.cpu`` (see its docstring): one flat param
 in which layer ``l``'s W (n_in x n_out, row-major) is followed by its bias, so the layer's
 slab is one (n_in + 1, n_out) matrix ``[W; b]``. The kernels use that: the forward GEMM
 multiplies ``[A, 1] @ [W; b]`` (bias for free) and the weight-gradient GEMM computes
-``[A, 1]^T @ D``, whose last row is the bias gradient, straight into the flat gradient.
+``[A, 1]^T @ D``, whose last row (the column sums of D) is the bias gradient, straight into
+the flat gradient. The GEMMs are register-blocked: each thread of a TILE x TILE block
+accumulates GEMM_REG x GEMM_REG outputs from k-major shared tiles, and loads the next
+tiles into registers while it computes on the current ones.
 
 One optimizer step on the device is, per batch:
 
-1. ``dense_forward`` per layer: tiled shared-memory GEMM, epilogue bias + activation +
+1. ``dense_forward`` per layer: tiled GEMM, epilogue bias + activation +
    dropout (the input layer reads its rows of X through the epoch's permutation);
 2. ``output_loss``: softmax/sigmoid fused with the loss, the output delta, the per-row
    metric, and the batch's loss and metric sums (block reduction + one atomic per block);
@@ -39,18 +42,25 @@ from numba import config, cuda
 from . import math as m
 
 # Tunables of the CUDA kernels.
-TILE = 16               # GEMM tile edge; a GEMM block is TILE x TILE threads
+TILE = 16               # a GEMM block is TILE x TILE threads
+GEMM_REG = 4            # each computes GEMM_REG x GEMM_REG outputs, TILE apart, in registers
+GEMM_BK = 16            # reduction depth of the GEMM's shared tiles
 ROW_THREADS = 128       # threads per block of the row-wise kernels (power of two)
 FLAT_THREADS = 256      # threads per block of the flat-vector kernels (power of two)
 FLAT_MAX_BLOCKS = 1024  # grid-stride cap of the flat-vector kernels
 BLOCK_ROWS = 65536      # rows per block of inference and of loss_and_grads
 
 # The fully fused path (kernels.cuda_fused) and its size rule, ``fused_tile_rows``.
-# UNMEASURED: these values come from hardware limits and first principles, not from timings
-# on a GPU; measure them (bench/) before trusting the fused-vs-layer choice. FUSED_THREADS
-# and FUSED_ROW_BLOCK are compiled into the kernels (set them before kernels.cuda_fused is
-# imported); the others are read at each fit.
-FUSED_MAX_WIDTH = 128       # every width, input and output included, at most this
+# Measured on an H100 (bench/gpu_compare.py, bench/results/README.md): the fused path beat
+# the layer path 5.5x on [64, 64, 64, 64, 1] at batch 16384, and matched it (within noise,
+# 0.95-1.13x) on [784, 256, 128, 10] at batch 256, where both are launch- and
+# reduction-bound; tile rows between 16 and 36 changed nothing measurable on the narrow
+# net. The width and batch thresholds below are those two points, not a sweep
+# (``gpu_compare.py --sweep`` is the sweep to run). FUSED_THREADS and FUSED_ROW_BLOCK are
+# compiled into the kernels (set them before kernels.cuda_fused is imported); the others
+# are read at each fit.
+FUSED_MAX_WIDTH = 128       # every width, input and output included, at most this...
+FUSED_WIDE_MAX_BATCH = 256  # ...or batches of at most this many rows (launch-bound)
 FUSED_THREADS = 128         # threads per block of the fused kernels (power of two)
 FUSED_ROW_BLOCK = 4         # rows (weight-gradient: weight rows) per thread's register block
 FUSED_MAX_TILE_ROWS = 64    # batch rows a block carries through the network at once
@@ -61,18 +71,33 @@ FUSED_MAX_BLOCKS = 1024     # blocks (= rows of gradient partials) of one batch,
 FUSED_PARTIAL_BYTES = 256 * 2 ** 20  # device memory for the gradient partials, at most
 FUSED_PATH = "auto"         # "auto": the size rule; "fused" or "layers" force a path
 FUSED_PERSISTENT = True     # one cooperative kernel per chunk; False: 3 launches per batch
+FUSED_INFER_TILE_ROWS = 128  # rows per tile of fused inference, at most
+FUSED_INFER_BLOCKS = 1056   # blocks of fused inference, at most (8 per SM on an H100)
+INFER_BLOCK_BYTES = 256 * 2 ** 20  # input rows uploaded at once by fused inference
 
 if config.ENABLE_CUDASIM:
     # The simulator runs every thread as a Python thread: small blocks keep the tests fast,
     # and tiles smaller than the test layers exercise the multi-tile paths. Same code.
-    TILE = 4
+    TILE = 2                    # GEMM blocks of 4 x 4 outputs: widths 5-6 take two
+    GEMM_REG = 2
+    GEMM_BK = 4
     ROW_THREADS = 8
     FLAT_THREADS = 16
     FUSED_THREADS = 8
     FUSED_ROW_BLOCK = 2
     FUSED_MAX_TILE_ROWS = 2     # batches of 3-4 rows: two tiles, the second maybe partial
     FUSED_MIN_TILE_ROWS = 2
-TILE_PAD = TILE + 1     # shared tiles are padded by a column against bank conflicts
+    FUSED_INFER_TILE_ROWS = 4   # several tiles per block, the last one partial
+    FUSED_INFER_BLOCKS = 2
+    INFER_BLOCK_BYTES = 512     # several uploads of the rows of the tests
+# A GEMM block computes GEMM_BLOCK x GEMM_BLOCK outputs; its shared tiles are k-major
+# (GEMM_BK, GEMM_BLOCK), padded by a column against bank conflicts of the transposing stores.
+GEMM_BLOCK = TILE * GEMM_REG
+GEMM_STRIDE = GEMM_BLOCK + 1
+GEMM_LOADS = GEMM_BLOCK * GEMM_BK // (TILE * TILE)   # elements of each tile a thread loads
+GEMM_KROWS = TILE * TILE // GEMM_BK     # rows of a k-contiguous tile loaded per pass
+GEMM_KSTEP = TILE * TILE // GEMM_BLOCK  # k rows of a row-contiguous tile loaded per pass
+assert GEMM_KROWS * GEMM_LOADS == GEMM_BLOCK and GEMM_KSTEP * GEMM_LOADS == GEMM_BK
 
 _scalar = m.compile_with(cuda.jit(device=True), "cuda")
 activate = _scalar.activate
@@ -131,6 +156,35 @@ def _row_metric(Z, r, Y, s, n, loss):
     if loss == m.BINARY_CROSS_ENTROPY:
         return acc / n
     return acc
+
+
+@cuda.jit(device=True)
+def _zero(acc):
+    for i in range(GEMM_REG):
+        for j in range(GEMM_REG):
+            acc[i, j] = 0
+
+
+@cuda.jit(device=True)
+def _tile_mac(As, Bs, acc, tx, ty):
+    """acc[i, j] += sum_k As[k, ty + TILE*i] * Bs[k, tx + TILE*j] over one shared tile.
+
+    The GEMM_REG loops have constant trip counts and unroll fully, so acc, a and b live in
+    registers; unsigned indices spare the negative-index wrap-around code. The k loop is a
+    while loop: numba's range loop hides its trip count from the unroller."""
+    a = cuda.local.array(GEMM_REG, As.dtype)
+    b = cuda.local.array(GEMM_REG, Bs.dtype)
+    k = 0
+    while k < GEMM_BK:
+        ku = np.uint32(k)
+        for i in range(GEMM_REG):
+            a[i] = As[ku, np.uint32(ty + TILE * i)]
+        for j in range(GEMM_REG):
+            b[j] = Bs[ku, np.uint32(tx + TILE * j)]
+        for i in range(GEMM_REG):
+            for j in range(GEMM_REG):
+                acc[i, j] += a[i] * b[j]
+        k += 1
 
 
 @cuda.jit(device=True)
@@ -265,43 +319,72 @@ def _build(ft):
         """
         if status[0] != 0:
             return
-        As = cuda.shared.array((TILE, TILE_PAD), ft)
-        Ws = cuda.shared.array((TILE, TILE_PAD), ft)
-        ty = cuda.threadIdx.y
+        As = cuda.shared.array((GEMM_BK, GEMM_STRIDE), ft)
+        Ws = cuda.shared.array((GEMM_BK, GEMM_STRIDE), ft)
+        acc = cuda.local.array((GEMM_REG, GEMM_REG), ft)
+        src = cuda.local.array(GEMM_LOADS, np.int64)
         tx = cuda.threadIdx.x
-        r = cuda.blockIdx.y * TILE + ty
-        c = cuda.blockIdx.x * TILE + tx
-        src = 0
-        if r < rows:
-            src = _src_row(perm, gather, b0, r)
-        acc = ft(0.0)
-        for k0 in range(0, n_in + 1, TILE):
-            k = k0 + tx
-            a = ft(0.0)
-            if r < rows:
-                if k < n_in:
-                    a = Ain[src, k]
-                elif k == n_in:
-                    a = ft(1.0)
-            As[ty, tx] = a
-            kw = k0 + ty
-            w = ft(0.0)
-            if kw <= n_in and c < n_out:
-                w = params[off + kw * n_out + c]
-            Ws[ty, tx] = w
-            cuda.syncthreads()
-            for kk in range(TILE):
-                acc += As[ty, kk] * Ws[kk, tx]
-            cuda.syncthreads()
-        if r < rows and c < n_out:
-            Z[r, c] = acc
-            if hidden != 0:
-                if rate == 0.0:
-                    A[r, c] = activate(act, acc)
-                elif dropout_keep(seed, step, layer, np.int64(r), np.int64(c), rate):
-                    A[r, c] = activate(act, acc) * (1.0 / (1.0 - rate))
-                else:
-                    A[r, c] = ft(0.0)
+        ty = cuda.threadIdx.y
+        t = ty * TILE + tx
+        r0 = cuda.blockIdx.y * GEMM_BLOCK
+        c0 = cuda.blockIdx.x * GEMM_BLOCK
+        ka, ra = t % GEMM_BK, t // GEMM_BK          # A tile: rows of BK contiguous k
+        cw, kw = t % GEMM_BLOCK, t // GEMM_BLOCK    # W tile: k rows of BLOCK contiguous c
+        for q in range(GEMM_LOADS):
+            r = r0 + ra + q * GEMM_KROWS
+            src[q] = _src_row(perm, gather, b0, r) if r < rows else -1
+        pa = cuda.local.array(GEMM_LOADS, ft)
+        pw = cuda.local.array(GEMM_LOADS, ft)
+        _zero(acc)
+        c = c0 + cw
+        # Tile k0 goes from registers to shared memory while tile k0 + BK's global loads
+        # are in flight (the first pass only loads).
+        for k0 in range(-GEMM_BK, n_in + 1, GEMM_BK):
+            if k0 >= 0:
+                for q in range(GEMM_LOADS):
+                    As[np.uint32(ka), np.uint32(ra + q * GEMM_KROWS)] = pa[q]
+                    Ws[np.uint32(kw + q * GEMM_KSTEP), np.uint32(cw)] = pw[q]
+                cuda.syncthreads()
+            k = k0 + GEMM_BK + ka
+            for q in range(GEMM_LOADS):
+                a = ft(0.0)
+                if src[q] >= 0:
+                    if k < n_in:
+                        a = Ain[np.uint64(src[q]), np.uint64(k)]
+                    elif k == n_in:
+                        a = ft(1.0)
+                pa[q] = a
+                kn = k0 + GEMM_BK + kw + q * GEMM_KSTEP
+                w = ft(0.0)
+                if kn <= n_in and c < n_out:
+                    w = params[np.uint64(off + kn * n_out + c)]
+                pw[q] = w
+            if k0 >= 0:
+                _tile_mac(As, Ws, acc, tx, ty)
+                cuda.syncthreads()
+        # Z first with constant indices into acc (registers); the activation pass, too big
+        # to unroll, then reads Z back.
+        for i in range(GEMM_REG):
+            r = r0 + ty + i * TILE
+            for j in range(GEMM_REG):
+                c = c0 + tx + j * TILE
+                if r < rows and c < n_out:
+                    Z[np.uint64(r), np.uint64(c)] = acc[i, j]
+        if hidden == 0:
+            return
+        for i in range(GEMM_REG):
+            r = r0 + ty + i * TILE
+            for j in range(GEMM_REG):
+                c = c0 + tx + j * TILE
+                if r < rows and c < n_out:
+                    ru, cu = np.uint64(r), np.uint64(c)
+                    z = Z[ru, cu]
+                    if rate == 0.0:
+                        A[ru, cu] = activate(act, z)
+                    elif dropout_keep(seed, step, layer, np.int64(r), np.int64(c), rate):
+                        A[ru, cu] = activate(act, z) * (1.0 / (1.0 - rate))
+                    else:
+                        A[ru, cu] = ft(0.0)
 
     @cuda.jit
     def dense_input_delta(D, rows, n_in, n_out, params, off, Zp, Ap, act, rate, seed, step,
@@ -309,76 +392,126 @@ def _build(ft):
         """Dp = (D @ W^T) * f'(Zp), and the dropout mask/scale of layer ``layer`` (below)."""
         if status[0] != 0:
             return
-        Ds = cuda.shared.array((TILE, TILE_PAD), ft)
-        Ws = cuda.shared.array((TILE, TILE_PAD), ft)
-        ty = cuda.threadIdx.y
+        Ds = cuda.shared.array((GEMM_BK, GEMM_STRIDE), ft)
+        Ws = cuda.shared.array((GEMM_BK, GEMM_STRIDE), ft)   # Ws[jj, ii] = W[i0 + ii, j0 + jj]
+        acc = cuda.local.array((GEMM_REG, GEMM_REG), ft)
         tx = cuda.threadIdx.x
-        r = cuda.blockIdx.y * TILE + ty
-        i = cuda.blockIdx.x * TILE + tx
-        wi = cuda.blockIdx.x * TILE + ty     # row of W this thread loads
-        acc = ft(0.0)
-        for j0 in range(0, n_out, TILE):
-            j = j0 + tx
-            d = ft(0.0)
-            if r < rows and j < n_out:
-                d = D[r, j]
-            Ds[ty, tx] = d
-            w = ft(0.0)
-            if wi < n_in and j < n_out:
-                w = params[off + wi * n_out + j]
-            Ws[ty, tx] = w
-            cuda.syncthreads()
-            for kk in range(TILE):
-                acc += Ds[ty, kk] * Ws[tx, kk]
-            cuda.syncthreads()
-        if r < rows and i < n_in:
-            z = Zp[r, i]
-            if rate == 0.0:
-                Dp[r, i] = acc * activate_grad(act, z, Ap[r, i])
-            elif dropout_keep(seed, step, layer, np.int64(r), np.int64(i), rate):
-                # Ap holds the dropped, rescaled value: recompute f(z) for the derivative.
-                Dp[r, i] = acc * (activate_grad(act, z, activate(act, z))
-                                  * (1.0 / (1.0 - rate)))
-            else:
-                Dp[r, i] = ft(0.0)
+        ty = cuda.threadIdx.y
+        t = ty * TILE + tx
+        r0 = cuda.blockIdx.y * GEMM_BLOCK
+        i0 = cuda.blockIdx.x * GEMM_BLOCK
+        ka, ra = t % GEMM_BK, t // GEMM_BK    # both tiles: rows of BK contiguous j
+        pd = cuda.local.array(GEMM_LOADS, ft)
+        pw = cuda.local.array(GEMM_LOADS, ft)
+        _zero(acc)
+        for j0 in range(-GEMM_BK, n_out, GEMM_BK):     # prefetching as dense_forward
+            if j0 >= 0:
+                for q in range(GEMM_LOADS):
+                    Ds[np.uint32(ka), np.uint32(ra + q * GEMM_KROWS)] = pd[q]
+                    Ws[np.uint32(ka), np.uint32(ra + q * GEMM_KROWS)] = pw[q]
+                cuda.syncthreads()
+            j = j0 + GEMM_BK + ka
+            for q in range(GEMM_LOADS):
+                rr = ra + q * GEMM_KROWS
+                d = ft(0.0)
+                if r0 + rr < rows and j < n_out:
+                    d = D[np.uint64(r0 + rr), np.uint64(j)]
+                pd[q] = d
+                w = ft(0.0)
+                if i0 + rr < n_in and j < n_out:
+                    w = params[np.uint64(off + (i0 + rr) * n_out + j)]
+                pw[q] = w
+            if j0 >= 0:
+                _tile_mac(Ds, Ws, acc, tx, ty)
+                cuda.syncthreads()
+        # D @ W^T into Dp with constant indices into acc, then the derivative pass over Dp.
+        for a in range(GEMM_REG):
+            r = r0 + ty + a * TILE
+            for b in range(GEMM_REG):
+                i = i0 + tx + b * TILE
+                if r < rows and i < n_in:
+                    Dp[np.uint64(r), np.uint64(i)] = acc[a, b]
+        for a in range(GEMM_REG):
+            r = r0 + ty + a * TILE
+            for b in range(GEMM_REG):
+                i = i0 + tx + b * TILE
+                if r < rows and i < n_in:
+                    ru, iu = np.uint64(r), np.uint64(i)
+                    z = Zp[ru, iu]
+                    if rate == 0.0:
+                        Dp[ru, iu] = Dp[ru, iu] * activate_grad(act, z, Ap[ru, iu])
+                    elif dropout_keep(seed, step, layer, np.int64(r), np.int64(i), rate):
+                        # Ap holds the dropped, rescaled value: recompute f(z).
+                        Dp[ru, iu] = Dp[ru, iu] * (activate_grad(act, z, activate(act, z))
+                                                   * (1.0 / (1.0 - rate)))
+                    else:
+                        Dp[ru, iu] = ft(0.0)
 
     @cuda.jit
     def dense_weight_grad(Ain, perm, gather, b0, rows, n_in, n_out, D, grads, off,
                           accumulate, status):
-        """[gW; gb] = [Ain, 1]^T @ D into the layer's slab of ``grads`` (= or +=)."""
+        """[gW; gb] = [Ain, 1]^T @ D into the layer's slab of ``grads`` (= or +=).
+
+        The grid covers the n_in rows of W; the last row of blocks also sums the columns
+        of D for gb (an extra row of blocks for gb alone would cost a whole wave when
+        n_in is a multiple of GEMM_BLOCK)."""
         if status[0] != 0:
             return
-        As = cuda.shared.array((TILE, TILE_PAD), ft)
-        Ds = cuda.shared.array((TILE, TILE_PAD), ft)
-        ty = cuda.threadIdx.y
+        As = cuda.shared.array((GEMM_BK, GEMM_STRIDE), ft)   # As[rr, ii] = Ain[row r0+rr, i0+ii]
+        Ds = cuda.shared.array((GEMM_BK, GEMM_STRIDE), ft)
+        acc = cuda.local.array((GEMM_REG, GEMM_REG), ft)
         tx = cuda.threadIdx.x
-        i = cuda.blockIdx.y * TILE + ty       # input unit (n_in: the bias row)
-        c = cuda.blockIdx.x * TILE + tx
-        ia = cuda.blockIdx.y * TILE + tx      # input unit this thread loads
-        acc = ft(0.0)
-        for r0 in range(0, rows, TILE):
-            rr = r0 + ty
-            a = ft(0.0)
-            if rr < rows:
-                if ia < n_in:
-                    a = Ain[_src_row(perm, gather, b0, rr), ia]
-                elif ia == n_in:
-                    a = ft(1.0)
-            As[ty, tx] = a
-            d = ft(0.0)
-            if rr < rows and c < n_out:
-                d = D[rr, c]
-            Ds[ty, tx] = d
-            cuda.syncthreads()
-            for kk in range(TILE):
-                acc += As[kk, ty] * Ds[kk, tx]
-            cuda.syncthreads()
-        if i <= n_in and c < n_out:
-            o = off + i * n_out + c
+        ty = cuda.threadIdx.y
+        t = ty * TILE + tx
+        i0 = cuda.blockIdx.y * GEMM_BLOCK     # input units
+        c0 = cuda.blockIdx.x * GEMM_BLOCK
+        bias = cuda.blockIdx.y == cuda.gridDim.y - 1 and t < GEMM_BLOCK
+        gb = ft(0.0)
+        cl, kl = t % GEMM_BLOCK, t // GEMM_BLOCK    # both tiles: batch rows of BLOCK columns
+        ia = i0 + cl
+        c = c0 + cl
+        pa = cuda.local.array(GEMM_LOADS, ft)
+        pd = cuda.local.array(GEMM_LOADS, ft)
+        _zero(acc)
+        for r0 in range(-GEMM_BK, rows, GEMM_BK):      # prefetching as dense_forward
+            if r0 >= 0:
+                for q in range(GEMM_LOADS):
+                    As[np.uint32(kl + q * GEMM_KSTEP), np.uint32(cl)] = pa[q]
+                    Ds[np.uint32(kl + q * GEMM_KSTEP), np.uint32(cl)] = pd[q]
+                cuda.syncthreads()
+            for q in range(GEMM_LOADS):
+                r = r0 + GEMM_BK + kl + q * GEMM_KSTEP
+                a = ft(0.0)
+                d = ft(0.0)
+                if r < rows:
+                    if ia < n_in:
+                        a = Ain[np.uint64(_src_row(perm, gather, b0, r)), np.uint64(ia)]
+                    if c < n_out:
+                        d = D[np.uint64(r), np.uint64(c)]
+                pa[q] = a
+                pd[q] = d
+            if r0 >= 0:
+                _tile_mac(As, Ds, acc, tx, ty)
+                if bias:
+                    for kk in range(GEMM_BK):
+                        gb += Ds[np.uint32(kk), np.uint32(t)]
+                cuda.syncthreads()
+        for a in range(GEMM_REG):
+            i = i0 + ty + a * TILE
+            for b in range(GEMM_REG):
+                cc = c0 + tx + b * TILE
+                if i < n_in and cc < n_out:
+                    o = np.uint64(off + i * n_out + cc)
+                    if accumulate != 0:
+                        grads[o] += acc[a, b]
+                    else:
+                        grads[o] = acc[a, b]
+        if bias and c0 + t < n_out:
+            o = np.uint64(off + n_in * n_out + c0 + t)
             if accumulate != 0:
-                grads[o] += acc
+                grads[o] += gb
             else:
-                grads[o] = acc
+                grads[o] = gb
 
     @cuda.jit(device=True)
     def row_loss_delta(Z, r, Y, s, w, n_out, loss, D):
@@ -439,12 +572,10 @@ def _build(ft):
             cuda.atomic.add(out, (k, 0), lbuf[0])
             cuda.atomic.add(out, (k, 1), mbuf[0])
 
-    @cuda.jit
-    def output_activation(Z, A, rows, n_out, loss):
-        """Softmax rows (cross-entropy), sigmoid (BCE) or identity: inference outputs."""
-        r = cuda.grid(1)
-        if r >= rows:
-            return
+    @cuda.jit(device=True)
+    def row_output(Z, r, A, ra, n_out, loss):
+        """Row ``ra`` of A = the output activation of row ``r`` of Z: softmax
+        (cross-entropy), sigmoid (BCE) or identity."""
         if loss == m.CROSS_ENTROPY:
             zmax = Z[r, 0]
             for j in range(1, n_out):
@@ -452,19 +583,27 @@ def _build(ft):
             s = 0.0
             for j in range(n_out):
                 e = math.exp(Z[r, j] - zmax)
-                A[r, j] = e
+                A[ra, j] = e
                 s += e
             inv = 1.0 / s
             for j in range(n_out):
-                A[r, j] *= inv
+                A[ra, j] *= inv
         else:
             for j in range(n_out):
-                A[r, j] = output_activate(loss, Z[r, j])
+                A[ra, j] = output_activate(loss, Z[r, j])
+
+    @cuda.jit
+    def output_activation(Z, A, rows, n_out, loss):
+        """Inference outputs of every row (``row_output``)."""
+        r = cuda.grid(1)
+        if r < rows:
+            row_output(Z, r, A, r, n_out, loss)
 
     return dict(dense_forward=dense_forward, dense_input_delta=dense_input_delta,
                 dense_weight_grad=dense_weight_grad, output_loss=output_loss,
                 output_activation=output_activation,
-                row_loss_delta=row_loss_delta)   # a device function, for kernels.cuda_fused
+                # device functions, for kernels.cuda_fused:
+                row_loss_delta=row_loss_delta, row_output=row_output)
 
 
 _KERNELS = {}
@@ -514,6 +653,8 @@ def signatures(dtype):
         "fused_batch_grads": (f["fused_batch_grads"], (
             F2, F2, D1, I1, i64, i64, f64, F1, F2, D2, I1, I1, I1, D1, I1, i64, i64, i64, i64,
             i64, I1)),
+        "fused_forward": (f["fused_forward"], (F2, i64, F1, I1, I1, I1, i64, i64, i64, i64,
+                                               F2)),
         "fused_reduce": (cuda_fused.fused_reduce, (F2, D2, i64, F1, I2, i64, D2, i64, I1)),
     }
 
@@ -583,10 +724,33 @@ def fused_tile_rows(sizes, dtype, batch_size, path=None):
             raise ValueError(f"the fused path does not fit layers {list(sizes)} at batch "
                              f"size {batch_size}")
         return rows
-    narrow = max(int(n) for n in sizes) <= FUSED_MAX_WIDTH
+    narrow = (max(int(n) for n in sizes) <= FUSED_MAX_WIDTH
+              or batch_size <= FUSED_WIDE_MAX_BATCH)
     if fits and narrow and rows >= min(FUSED_MIN_TILE_ROWS, whole):
         return rows
     return 0
+
+
+def fused_forward_bytes(sizes, tile_rows, itemsize):
+    """Shared memory of one ``fused_forward`` block: X, Z and A rows of the tile, Z and A
+    as wide as the widest layer (A holds the last one's activations for ``transform``)."""
+    sizes = [int(n) for n in sizes]
+    per_row = sizes[0] + 2 * max(sizes[1:])
+    return tile_rows * per_row * itemsize
+
+
+def fused_forward_rows(sizes, dtype, n_rows):
+    """Rows per tile of fused inference (layers ``sizes``, input first), or 0 for the
+    layer-by-layer path: every width at most FUSED_MAX_WIDTH, as many rows as
+    FUSED_SMEM_BYTES holds up to FUSED_INFER_TILE_ROWS, at least FUSED_MIN_TILE_ROWS
+    (fewer than n_rows only re-read the weights more often)."""
+    if FUSED_PATH == "layers" or max(int(n) for n in sizes) > FUSED_MAX_WIDTH:
+        return 0
+    itemsize = np.dtype(dtype).itemsize
+    rows = min(FUSED_INFER_TILE_ROWS, _cdiv(int(n_rows), FUSED_ROW_BLOCK) * FUSED_ROW_BLOCK)
+    while rows > 0 and fused_forward_bytes(sizes, rows, itemsize) > FUSED_SMEM_BYTES:
+        rows -= FUSED_ROW_BLOCK
+    return rows if rows >= min(FUSED_MIN_TILE_ROWS, n_rows) else 0
 
 
 # -------------------------------------------------------------------------- launches
@@ -596,7 +760,8 @@ def _cdiv(a, b):
 
 
 def _gemm_grid(n_cols, n_rows):
-    return (_cdiv(n_cols, TILE), _cdiv(n_rows, TILE)), (TILE, TILE)
+    """Grid and block of a GEMM kernel: one block per GEMM_BLOCK x GEMM_BLOCK outputs."""
+    return (_cdiv(n_cols, GEMM_BLOCK), _cdiv(n_rows, GEMM_BLOCK)), (TILE, TILE)
 
 
 def _flat_grid(n):
@@ -678,7 +843,7 @@ class CudaEngine:
             else:
                 Ain, g, o = bufs.A[l], 0, 0
             if trainable[l]:
-                grid, block = _gemm_grid(n_out, n_in + 1)
+                grid, block = _gemm_grid(n_out, n_in)
                 k["dense_weight_grad"][grid, block](
                     Ain, perm, g, o, rows, n_in, n_out, bufs.D[l + 1], grads,
                     int(lay.poff[l]), accumulate, status)
@@ -1027,6 +1192,10 @@ class CudaEngine:
         if n == 0:
             return out
         d_params = cuda.to_device(m_._params)
+        sizes = lay.sizes[:n_layers + 1]
+        tile = fused_forward_rows(sizes, m_.dtype, n)
+        if tile:
+            return self._fused_forward(X, d_params, n_layers, pre_activation, out, tile)
         rows_cap = min(BLOCK_ROWS, n)
         bufs = RowBuffers(lay.sizes, rows_cap, m_.dtype, n_layers)
         no_drop = np.zeros(L)
@@ -1043,6 +1212,30 @@ class CudaEngine:
                     self._k["output_activation"][_cdiv(rows, ROW_THREADS), ROW_THREADS](
                         bufs.Z[L], bufs.A[L], rows, int(lay.sizes[L]), int(m_._loss_code))
             out[b0:b0 + rows] = src[:rows].copy_to_host()
+        return out
+
+    def _fused_forward(self, X, d_params, n_layers, pre_activation, out, tile):
+        """forward() by ``fused_forward``: one launch per INFER_BLOCK_BYTES of input, no
+        intermediate layer in device memory."""
+        m_ = self.model
+        lay = m_.layout
+        n = X.shape[0]
+        sizes = lay.sizes[:n_layers + 1]
+        smem = fused_forward_bytes(sizes, tile, m_.dtype.itemsize)
+        per_row = (int(sizes[0]) + int(sizes[-1])) * m_.dtype.itemsize
+        block = max(tile, min(n, INFER_BLOCK_BYTES // per_row))
+        d_sizes = cuda.to_device(lay.sizes.astype(np.int64))
+        d_poff = cuda.to_device(lay.poff.astype(np.int64))
+        d_acts = cuda.to_device(np.asarray(m_._acts, dtype=np.int64))
+        d_out = cuda.device_array((min(block, n), int(sizes[-1])), m_.dtype)
+        for b0 in range(0, n, block):
+            rows = min(block, n - b0)
+            d_X = cuda.to_device(np.ascontiguousarray(X[b0:b0 + rows]))
+            grid = min(FUSED_INFER_BLOCKS, _cdiv(rows, tile))
+            self._f["fused_forward"][grid, FUSED_THREADS, 0, smem](
+                d_X, rows, d_params, d_sizes, d_poff, d_acts, n_layers, int(pre_activation),
+                int(m_._loss_code), tile, d_out)
+            out[b0:b0 + rows] = d_out[:rows].copy_to_host()
         return out
 
     def loss_and_grads(self, X, Y, row_w):

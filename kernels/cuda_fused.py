@@ -43,6 +43,7 @@ from numba import cuda, from_dtype
 from . import cuda as kc
 
 NT = kc.FUSED_THREADS
+U = np.uint64         # array index type without negative wrap-around
 RB = kc.FUSED_ROW_BLOCK
 activate = kc.activate
 activate_grad = kc.activate_grad
@@ -61,12 +62,21 @@ def _reduce_grad(partials, used, grads, i):
 
 
 @cuda.jit(device=True)
-def _part_sum(part, used, col):
-    """Sum of part[:used, col] in block order (every thread gets the same bits)."""
-    acc = 0.0
-    for q in range(used):
-        acc += part[q, col]
-    return acc
+def _part_sum(part, used, col, buf):
+    """Sum of part[:used, col] by the block's first NT threads: strided partial sums, then a
+    tree in shared ``buf`` (NT float64). The order is fixed, so every block (and both fused
+    paths) gets the same bits. Every thread of the block must call it (a serial sum in
+    every thread repeated the same chain of dependent loads in each of them)."""
+    t = cuda.threadIdx.x
+    if t < NT:
+        acc = 0.0
+        for q in range(t, used, NT):
+            acc += part[q, col]
+        buf[t] = acc
+    kc._block_sum(buf, t, NT)
+    total = buf[0]
+    cuda.syncthreads()      # buf is free again
+    return total
 
 
 def _build(ft):
@@ -74,10 +84,17 @@ def _build(ft):
     smem_type = from_dtype(np.dtype(ft))
     k = kc.kernels_for(ft)
     row_loss_delta = k["row_loss_delta"]
+    row_output = k["row_output"]
+
+    # The tile helpers address the block's shared memory S as one flat array: base offset
+    # + row * width + column. Indices are cast to unsigned because numba wraps negative
+    # signed indices, and that compare-and-select per access (plus the stride loads of a
+    # reshaped view) cost more than the FMAs they fed: the first H100 run of this path
+    # spent ~1.5 ms on a batch of 16384 rows of a 64-wide net, at ~1% of the FP32 rate.
 
     @cuda.jit(device=True)
-    def tile_forward(Ain, params, off, n_in, n_out, Z, T):
-        """Z = [Ain, 1] @ [W; b] for the T rows of the tile.
+    def tile_forward(S, ain, n_in, params, off, n_out, z, T):
+        """S[z:] = [A, 1] @ [W; b] for the T rows of the tile (A = S[ain:], T x n_in).
 
         Thread item = (column c, block of RB rows): W[k, c] is loaded once for RB rows, and
         consecutive threads read consecutive columns (coalesced)."""
@@ -85,34 +102,39 @@ def _build(ft):
         for e in range(cuda.threadIdx.x, (T // RB) * n_out, NT):
             g = e // n_out
             c = e - g * n_out
-            r0 = g * RB
+            a0 = ain + g * RB * n_in
             for i in range(RB):
                 acc[i] = ft(0.0)
-            for kk in range(n_in):
-                w = params[off + kk * n_out + c]
+            kk = 0
+            while kk < n_in:       # a while loop: numba's range hides the trip count
+                w = params[U(off + kk * n_out + c)]
                 for i in range(RB):
-                    acc[i] += Ain[r0 + i, kk] * w
-            b = params[off + n_in * n_out + c]      # the bias last, as in dense_forward
+                    acc[i] += S[U(a0 + i * n_in + kk)] * w
+                kk += 1
+            b = params[U(off + n_in * n_out + c)]   # the bias last, as in dense_forward
+            z0 = z + g * RB * n_out + c
             for i in range(RB):
-                Z[r0 + i, c] = acc[i] + b
+                S[U(z0 + i * n_out)] = acc[i] + b
 
     @cuda.jit(device=True)
-    def tile_activate(Z, A, n, T, act, rate, seed, step, layer, row0):
-        """A = f(Z) with inverted dropout keyed by (row in batch, unit), as dense_forward."""
+    def tile_activate(S, z, a, n, T, act, rate, seed, step, layer, row0):
+        """S[a:] = f(S[z:]) (T x n) with inverted dropout keyed by (row in batch, unit), as
+        dense_forward."""
         for e in range(cuda.threadIdx.x, T * n, NT):
-            r = e // n
-            c = e - r * n
-            a = activate(act, Z[r, c])
+            v = activate(act, S[U(z + e)])
             if rate != 0.0:
-                if dropout_keep(seed, step, layer, np.int64(row0 + r), np.int64(c), rate):
-                    a = a * (1.0 / (1.0 - rate))
+                r = e // n
+                if dropout_keep(seed, step, layer, np.int64(row0 + r), np.int64(e - r * n),
+                                rate):
+                    v = v * (1.0 / (1.0 - rate))
                 else:
-                    a = ft(0.0)
-            A[r, c] = a
+                    v = ft(0.0)
+            S[U(a + e)] = v
 
     @cuda.jit(device=True)
-    def tile_weight_grad(Ain, D, partials, slot, off, n_in, n_out, T, first):
-        """The tile's [Ain, 1]^T @ D into the block's slot (= on its first tile, then +=).
+    def tile_weight_grad(S, ain, d, partials, slot, off, n_in, n_out, T, first):
+        """The tile's [A, 1]^T @ D (A = S[ain:], D = S[d:]) into the block's slot (= on its
+        first tile, then +=).
 
         Thread item = (column c, block of RB rows of W), plus one item per column for the
         bias row (the sum of D over the rows)."""
@@ -124,35 +146,39 @@ def _build(ft):
             if kb == nkb:
                 gb = ft(0.0)
                 for r in range(T):
-                    gb += D[r, c]
-                o = off + n_in * n_out + c
+                    gb += S[U(d + r * n_out + c)]
+                o = U(off + n_in * n_out + c)
                 if first:
-                    partials[slot, o] = gb
+                    partials[U(slot), o] = gb
                 else:
-                    partials[slot, o] += gb
+                    partials[U(slot), o] += gb
                 continue
             k0 = kb * RB
             for i in range(RB):
                 acc[i] = ft(0.0)
-            for r in range(T):
-                d = D[r, c]
+            r = 0
+            while r < T:
+                dv = S[U(d + r * n_out + c)]
+                ar = ain + r * n_in
                 for i in range(RB):
                     # Past n_in (the last block), clamp to a valid column: no branch in the
                     # inner loop, and the result is discarded below.
-                    acc[i] += Ain[r, min(k0 + i, n_in - 1)] * d
+                    acc[i] += S[U(ar + min(k0 + i, n_in - 1))] * dv
+                r += 1
             for i in range(RB):
                 if k0 + i < n_in:
-                    o = off + (k0 + i) * n_out + c
+                    o = U(off + (k0 + i) * n_out + c)
                     if first:
-                        partials[slot, o] = acc[i]
+                        partials[U(slot), o] = acc[i]
                     else:
-                        partials[slot, o] += acc[i]
+                        partials[U(slot), o] += acc[i]
 
     @cuda.jit(device=True)
-    def tile_input_delta(D, params, off, n_in, n_out, Z, T, act, rate, seed, step, layer,
+    def tile_input_delta(S, d, params, off, n_in, n_out, z, T, act, rate, seed, step, layer,
                          row0):
-        """Z <- (D @ W^T) * f'(Z), dropout mask and scale of ``layer``: the delta of the
-        layer below, in place of its pre-activations (as dense_input_delta).
+        """S[z:] <- (D @ W^T) * f'(S[z:]) (D = S[d:]), dropout mask and scale of ``layer``:
+        the delta of the layer below, in place of its pre-activations (as
+        dense_input_delta).
 
         Thread item = (input unit i, block of RB rows); each thread walks row i of W,
         which L1 serves after the first miss."""
@@ -161,23 +187,28 @@ def _build(ft):
             g = e // n_in
             i = e - g * n_in
             r0 = g * RB
+            d0 = d + r0 * n_out
+            w0 = off + i * n_out
             for q in range(RB):
                 acc[q] = ft(0.0)
-            for c in range(n_out):
-                w = params[off + i * n_out + c]
+            c = 0
+            while c < n_out:
+                w = params[U(w0 + c)]
                 for q in range(RB):
-                    acc[q] += D[r0 + q, c] * w
+                    acc[q] += S[U(d0 + q * n_out + c)] * w
+                c += 1
             for q in range(RB):
                 r = r0 + q
-                z = Z[r, i]
+                zi = U(z + r * n_in + i)
+                zv = S[zi]
                 dz = ft(0.0)
                 # f(z) rounded to the dtype, as the A the other paths store.
                 if rate == 0.0:
-                    dz = acc[q] * activate_grad(act, z, ft(activate(act, z)))
+                    dz = acc[q] * activate_grad(act, zv, ft(activate(act, zv)))
                 elif dropout_keep(seed, step, layer, np.int64(row0 + r), np.int64(i), rate):
-                    dz = acc[q] * (activate_grad(act, z, ft(activate(act, z)))
+                    dz = acc[q] * (activate_grad(act, zv, ft(activate(act, zv)))
                                    * (1.0 / (1.0 - rate)))
-                Z[r, i] = dz
+                S[zi] = dz
 
     @cuda.jit(device=True)
     def batch_tiles(S, X, Y, row_w, perm, b0, rows, scale, params, partials, sizes, poff,
@@ -195,33 +226,27 @@ def _build(ft):
             abase += T * sizes[l]
         lsum = 0.0
         msum = 0.0
-        Xs = S[0:T * n0].reshape((T, n0))
         for tile in range(blk, (rows + T - 1) // T, nblk):
             row0 = tile * T
             # The tile's input rows, gathered through the permutation; rows past the
             # batch are zeros (their delta is zero, so they add nothing to the gradients).
             for e in range(t, T * n0, NT):
                 r = e // n0
-                c = e - r * n0
                 v = ft(0.0)
                 if row0 + r < rows:
-                    v = X[perm[b0 + row0 + r], c]
-                Xs[r, c] = v
+                    v = X[perm[b0 + row0 + r], e - r * n0]
+                S[U(e)] = v
             cuda.syncthreads()
             # Forward: Z_{l+1} = [A_l, 1] @ [W; b]; A_{l+1} = f(Z_{l+1}) into the scratch.
             zo = zbase
             for l in range(L):
                 n_in = sizes[l]
                 n_nx = sizes[l + 1]
-                Ain = Xs
-                if l > 0:
-                    Ain = S[abase:abase + T * n_in].reshape((T, n_in))
-                Z = S[zo:zo + T * n_nx].reshape((T, n_nx))
-                tile_forward(Ain, params, poff[l], n_in, n_nx, Z, T)
+                tile_forward(S, 0 if l == 0 else abase, n_in, params, poff[l], n_nx, zo, T)
                 cuda.syncthreads()
                 if l < L - 1:
-                    A = S[abase:abase + T * n_nx].reshape((T, n_nx))
-                    tile_activate(Z, A, n_nx, T, acts[l], drop[l], seed, step, l, row0)
+                    tile_activate(S, zo, abase, n_nx, T, acts[l], drop[l], seed, step, l,
+                                  row0)
                     cuda.syncthreads()
                 zo += T * n_nx
             # Loss and output delta, one thread per row; Z_L becomes D_L.
@@ -243,23 +268,22 @@ def _build(ft):
             for l in range(L - 1, lowest - 1, -1):
                 n_in = sizes[l]
                 n_nx = sizes[l + 1]
-                D = S[zo:zo + T * n_nx].reshape((T, n_nx))
-                zo -= T * n_in
-                Zl = S[zo:zo + T * n_in].reshape((T, n_in))   # l = 0: not read
-                Ain = Xs
+                dbase = zo
+                zo -= T * n_in                # Z_l (l = 0: the X tile, not read)
+                ain = 0
                 if l > 0:
-                    Ain = S[abase:abase + T * n_in].reshape((T, n_in))
+                    ain = abase
                     if l < L - 1 and trainable[l] != 0:
-                        tile_activate(Zl, Ain, n_in, T, acts[l - 1], drop[l - 1], seed,
+                        tile_activate(S, zo, abase, n_in, T, acts[l - 1], drop[l - 1], seed,
                                       step, l - 1, row0)
                         cuda.syncthreads()
                 # Both read D and write disjoint memory (the slot, Z_l): no sync between.
                 if trainable[l] != 0:
-                    tile_weight_grad(Ain, D, partials, blk, poff[l], n_in, n_nx, T,
+                    tile_weight_grad(S, ain, dbase, partials, blk, poff[l], n_in, n_nx, T,
                                      tile == blk)
                 if l > lowest:
-                    tile_input_delta(D, params, poff[l], n_in, n_nx, Zl, T, acts[l - 1],
-                                     drop[l - 1], seed, step, l - 1, row0)
+                    tile_input_delta(S, dbase, params, poff[l], n_in, n_nx, zo, T,
+                                     acts[l - 1], drop[l - 1], seed, step, l - 1, row0)
                 cuda.syncthreads()
         return lsum, msum
 
@@ -312,10 +336,11 @@ def _build(ft):
                          acts, drop, trainable, lowest, loss, seed, step + kb + 1, T)
             grid.sync()
             used = min(nblk, (rows + T - 1) // T)
-            total = _part_sum(part, used, 0)
+            total = _part_sum(part, used, 0, lbuf)
+            metric = _part_sum(part, used, 1, lbuf)
             if gid == 0:
                 out[kb, 0] = total
-                out[kb, 1] = _part_sum(part, used, 1)
+                out[kb, 1] = metric
             if not math.isfinite(total):
                 if gid == 0:
                     status[0] = kb + 1
@@ -333,7 +358,7 @@ def _build(ft):
                 if t == 0:
                     part[blk, 2] = lbuf[0]
                 grid.sync()
-                gscale = min(1.0, clip_norm / (math.sqrt(_part_sum(part, nblk, 2)) + 1e-6))
+                gscale = min(1.0, clip_norm / (math.sqrt(_part_sum(part, nblk, 2, lbuf)) + 1e-6))
                 for j in range(gid, n_total, gsize):
                     i = kc._flat_index(ranges, j)
                     kc.apply_update(opt, params, state, hyper, i, grads[i] * gscale, lr,
@@ -359,7 +384,56 @@ def _build(ft):
         batch_phase1(S, lbuf, mbuf, X, Y, row_w, perm, b0, rows, scale, params, partials,
                      part, sizes, poff, acts, drop, trainable, lowest, loss, seed, step, T)
 
-    return dict(fused_train_chunk=fused_train_chunk, fused_batch_grads=fused_batch_grads)
+    @cuda.jit
+    def fused_forward(X, rows, params, sizes, poff, acts, n_layers, pre_activation, loss, T,
+                      out):
+        """Inference: every block carries tiles of T rows of X through layers
+        1..n_layers in shared memory, [X | Z | A] (``fused_forward_rows`` sizes it), and
+        writes out the last layer's pre-activations (pre_activation), its activations, or
+        (n_layers = L) the output activation (softmax, sigmoid or identity)."""
+        S = cuda.shared.array(0, smem_type)
+        t = cuda.threadIdx.x
+        L = sizes.shape[0] - 1
+        n0 = sizes[0]
+        wmax = 0
+        for l in range(1, n_layers + 1):
+            wmax = max(wmax, sizes[l])
+        zb = T * n0
+        ab = zb + T * wmax
+        n_last = sizes[n_layers]
+        activate_last = pre_activation == 0 and n_layers < L
+        for tile in range(cuda.blockIdx.x, (rows + T - 1) // T, cuda.gridDim.x):
+            row0 = tile * T
+            for e in range(t, T * n0, NT):
+                r = e // n0
+                v = ft(0.0)
+                if row0 + r < rows:
+                    v = X[row0 + r, e - r * n0]
+                S[U(e)] = v
+            cuda.syncthreads()
+            for l in range(n_layers):
+                # Z is written while A (the input) is read; A is rewritten after a sync.
+                tile_forward(S, 0 if l == 0 else ab, sizes[l], params, poff[l], sizes[l + 1],
+                             zb, T)
+                cuda.syncthreads()
+                if l < n_layers - 1 or activate_last:
+                    tile_activate(S, zb, ab, sizes[l + 1], T, acts[l], 0.0, 0, 0, l, row0)
+                    cuda.syncthreads()
+            if pre_activation != 0 or n_layers < L:
+                src = ab if activate_last else zb
+                for e in range(t, T * n_last, NT):
+                    r = e // n_last
+                    if row0 + r < rows:
+                        out[row0 + r, e - r * n_last] = S[U(src + e)]
+            else:
+                ZL = S[zb:zb + T * n_last].reshape((T, n_last))
+                for r in range(t, T, NT):
+                    if row0 + r < rows:
+                        row_output(ZL, r, out, row0 + r, n_last, loss)
+            cuda.syncthreads()      # the next tile overwrites X, Z and A
+
+    return dict(fused_train_chunk=fused_train_chunk, fused_batch_grads=fused_batch_grads,
+                fused_forward=fused_forward)
 
 
 @cuda.jit
@@ -372,9 +446,13 @@ def fused_reduce(partials, part, used, grads, ranges, n_total, out, k, status):
     gid = cuda.grid(1)
     for j in range(gid, n_total, cuda.gridsize(1)):
         _reduce_grad(partials, used, grads, kc._flat_index(ranges, j))
-    if gid == 0:
-        out[k, 0] = _part_sum(part, used, 0)
-        out[k, 1] = _part_sum(part, used, 1)
+    if cuda.blockIdx.x == 0:
+        buf = cuda.shared.array(NT, np.float64)
+        total = _part_sum(part, used, 0, buf)
+        metric = _part_sum(part, used, 1, buf)
+        if gid == 0:
+            out[k, 0] = total
+            out[k, 1] = metric
 
 
 _KERNELS = {}

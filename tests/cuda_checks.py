@@ -376,9 +376,14 @@ def test_size_rule(monkeypatch):
     assert kc.fused_tile_rows([W, W, W, 10], f32, 64) > 0
     # A small batch gets one tile (in whole register blocks of rows).
     assert kc.fused_tile_rows([4, 8, 3], f32, 1) == kc.FUSED_ROW_BLOCK
-    # Any width over FUSED_MAX_WIDTH, input and output included: the layer path.
+    # Any width over FUSED_MAX_WIDTH, input and output included: the layer path, unless
+    # the batch is small enough to be launch-bound (then fused, where the tile fits).
+    big = kc.FUSED_WIDE_MAX_BATCH + 1
     for sizes in ([4, W + 1, 3], [W + 1, 8, 3], [4, 8, W + 1]):
-        assert kc.fused_tile_rows(sizes, f32, 64) == 0
+        assert kc.fused_tile_rows(sizes, f32, big) == 0
+        assert kc.fused_tile_rows(sizes, f32, kc.FUSED_WIDE_MAX_BATCH) > 0
+    too_wide = [kc.FUSED_SMEM_BYTES // (4 * kc.FUSED_MIN_TILE_ROWS), 8, 3]
+    assert kc.fused_tile_rows(too_wide, f32, kc.FUSED_WIDE_MAX_BATCH) == 0
     # A deep network whose tile no longer fits the shared-memory budget: the layer path.
     per_layer = W * kc.FUSED_ROW_BLOCK * 8
     depth = kc.FUSED_SMEM_BYTES // per_layer + 2
@@ -417,6 +422,7 @@ def test_size_rule(monkeypatch):
     # The engine follows the rule.
     X, y = _data("cross_entropy", 3)
     Y = np.eye(3)[y]
+    monkeypatch.setattr(kc, "FUSED_WIDE_MAX_BATCH", BATCH - 1)
     for sizes, fused in (([4, 5, 3], True), ([4, W + 1, 3], False)):
         m = fastbp.MLP(sizes, device="cuda", seed=0)
         s = m._engine.begin_fit(X, Y, np.ones(N_ROWS), SGD(), np.zeros((0, m.n_params)),
@@ -427,9 +433,23 @@ def test_size_rule(monkeypatch):
 
 # -------------------------------------------------------------------- inference
 
-def test_inference_matches_cpu():
+@pytest.mark.parametrize("infer_path", ["fused", "layers"])
+def test_inference_matches_cpu(infer_path, monkeypatch):
+    monkeypatch.setattr(kc, "FUSED_PATH", "auto" if infer_path == "fused" else "layers")
+    launched = []
+    original = kc.CudaEngine._fused_forward
+
+    def spy(self, *args):
+        launched.append(True)
+        return original(self, *args)
+    monkeypatch.setattr(kc.CudaEngine, "_fused_forward", spy)
     a, b = _pair([4, 6, 5, 3], activation="gelu", dtype="float64")
     X, _ = _data("cross_entropy", 3, n=9)
+    for loss in ("mse", "binary_cross_entropy"):      # the other output activations
+        c, d = _pair([4, 6, 2], activation="relu", dtype="float64", loss=loss)
+        np.testing.assert_allclose(d.predict(X), c.predict(X), rtol=1e-12)
+        np.testing.assert_allclose(d.transform(X, layer=0), c.transform(X, layer=0),
+                                   rtol=1e-12)
     np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-12)
     np.testing.assert_array_equal(b.predict(X), a.predict(X))
     np.testing.assert_allclose(b.decision_function(X), a.decision_function(X), rtol=1e-12)
@@ -441,6 +461,7 @@ def test_inference_matches_cpu():
     a.set_weights(new)
     b.set_weights(new)
     np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-12)
+    assert bool(launched) == (infer_path == "fused")
 
 
 def test_trained_on_cuda_loads_on_cpu(tmp_path):
