@@ -38,7 +38,7 @@ these launches.
 import math
 
 import numpy as np
-from numba import cuda, from_dtype
+from numba import config, cuda, from_dtype
 
 from . import cuda as kc
 
@@ -51,13 +51,38 @@ dropout_keep = kc.dropout_keep
 loss_scale = kc.loss_scale
 
 
+# Interleaved partial sums per parameter in _reduce_grad (the simulator's few blocks still
+# go through the main loop with 2).
+RED_LANES = 2 if config.ENABLE_CUDASIM else 8
+
+
 @cuda.jit(device=True)
 def _reduce_grad(partials, used, grads, i):
-    """grads[i] = sum of the first ``used`` blocks' partials, in block order."""
-    g = partials[0, i]
-    for q in range(1, used):
-        g += partials[q, i]
-    grads[i] = g
+    """grads[i] = the sum of the first ``used`` blocks' partials.
+
+    RED_LANES interleaved sums keep that many loads in flight: one serial chain per
+    parameter was latency-bound (on an H100, 12,352 parameters x 456 partial rows took
+    ~0.7 ms a batch, against 0.41 ms for the whole forward/backward kernel). The lanes are
+    added in a fixed order, so the result is deterministic."""
+    acc = cuda.local.array(RED_LANES, partials.dtype)
+    lanes = min(RED_LANES, used)
+    iu = np.uint64(i)
+    for j in range(RED_LANES):
+        if j < lanes:
+            acc[j] = partials[np.uint64(j), iu]
+    q = lanes
+    while q + RED_LANES <= used:
+        for j in range(RED_LANES):
+            acc[j] += partials[np.uint64(q + j), iu]
+        q += RED_LANES
+    while q < used:
+        acc[0] += partials[np.uint64(q), iu]
+        q += 1
+    g = acc[0]
+    for j in range(1, RED_LANES):
+        if j < lanes:
+            g += acc[j]
+    grads[iu] = g
     return g
 
 
