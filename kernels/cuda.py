@@ -782,15 +782,16 @@ def _cudadevrt_found():
 class RowBuffers:
     """Device Z, A and D buffers of ``rows`` rows for layers 1..n_layers (index = layer)."""
 
-    def __init__(self, sizes, rows, dtype, n_layers=None):
+    def __init__(self, sizes, rows, dtype, n_layers=None, deltas=True):
         n_layers = len(sizes) - 1 if n_layers is None else n_layers
         self.rows = int(rows)
-        self.Z = [None] + [cuda.device_array((self.rows, int(sizes[l])), dtype)
-                           for l in range(1, n_layers + 1)]
-        self.A = [None] + [cuda.device_array((self.rows, int(sizes[l])), dtype)
-                           for l in range(1, n_layers + 1)]
-        self.D = [None] + [cuda.device_array((self.rows, int(sizes[l])), dtype)
-                           for l in range(1, n_layers + 1)]
+
+        def per_layer():
+            return [None] + [cuda.device_array((self.rows, int(sizes[l])), dtype)
+                             for l in range(1, n_layers + 1)]
+        self.Z = per_layer()
+        self.A = per_layer()
+        self.D = per_layer() if deltas else None     # inference needs no deltas
 
 
 class CudaFitSession:
@@ -1197,7 +1198,7 @@ class CudaEngine:
         if tile:
             return self._fused_forward(X, d_params, n_layers, pre_activation, out, tile)
         rows_cap = min(BLOCK_ROWS, n)
-        bufs = RowBuffers(lay.sizes, rows_cap, m_.dtype, n_layers)
+        bufs = RowBuffers(lay.sizes, rows_cap, m_.dtype, n_layers, deltas=False)
         no_drop = np.zeros(L)
         for b0 in range(0, n, rows_cap):
             rows = min(rows_cap, n - b0)
