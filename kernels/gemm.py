@@ -169,20 +169,31 @@ def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
     # A^T): each step would touch a new line in the same few L1 sets.
     pack_a = sai == 1 and sak >= PACK_A_MIN_LD and m >= PACK_MIN_ROWS
     pack = transb or pack_a or (ldb >= PACK_MIN_LD and m >= PACK_MIN_ROWS)
+    # Rows of C in blocks of mc, so that the part of A they read (mc x KC) stays close
+    # while every panel of B passes (the weight gradient's A^T is a whole layer wide), and
+    # is packed once per block. Without a packed A, the panels are the outer loop instead:
+    # each is packed once per KC and every row block passes under it (the input delta's
+    # transposing pack cost more than its FMAs when it was repeated per row block).
+    n_ib = (m + mc - 1) // mc
+    n_jb = (n + 2 * V - 1) // (2 * V)
+    panels_outer = pack and not pack_a
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         from_c = k0 > 0 or mode == ACCUMULATE
-        # Rows of C in blocks of mc, so that the part of A they read (mc x KC) stays close
-        # while every panel of B passes (the weight gradient's A^T is a whole layer wide).
-        for i0 in range(0, m, mc):
-            i1 = min(m, i0 + mc)
-            if pack_a:
-                _pack_a(A, sak, PA, i0, i0 + (i1 - i0) // 4 * 4, k0, k1)
-            for j0 in range(0, n, 2 * V):
+        n_outer, n_inner = (n_jb, n_ib) if panels_outer else (n_ib, n_jb)
+        for outer in range(n_outer):
+            for inner in range(n_inner):
+                ib, jb = (inner, outer) if panels_outer else (outer, inner)
+                i0 = ib * mc
+                i1 = min(m, i0 + mc)
+                j0 = jb * 2 * V
+                if pack_a and jb == 0:
+                    _pack_a(A, sak, PA, i0, i0 + (i1 - i0) // 4 * 4, k0, k1)
                 n0 = min(V, n - j0)
                 n1 = min(V, max(0, n - j0 - V))
                 if pack:
-                    _pack(B, ldb, transb, P, j0, n0 + n1, k0, k1)
+                    if not panels_outer or ib == 0:
+                        _pack(B, ldb, transb, P, j0, n0 + n1, k0, k1)
                     Bp, bb, ldp = P, -k0 * 2 * V, 2 * V
                 else:
                     Bp, bb, ldp = B, j0, ldb
@@ -198,11 +209,11 @@ def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
                 while i + 4 <= i1:
                     so = i * ldc + j0 if from_c else j0
                     if pack_a:
-                        _block4(PA, (i - i0) * KC - 4 * k0, 1, 4, Bp, bb, ldp, C, ldc, S, so,
-                                ss, s0, s1, i, j0, n0, n1, k0, k1)
+                        _block4(PA, (i - i0) * KC - 4 * k0, 1, 4, Bp, bb, ldp, C, ldc, S,
+                                so, ss, s0, s1, i, j0, n0, n1, k0, k1)
                     else:
-                        _block4(A, i * sai, sai, sak, Bp, bb, ldp, C, ldc, S, so, ss, s0, s1,
-                                i, j0, n0, n1, k0, k1)
+                        _block4(A, i * sai, sai, sak, Bp, bb, ldp, C, ldc, S, so, ss, s0,
+                                s1, i, j0, n0, n1, k0, k1)
                     i += 4
                 while i < i1:
                     so = i * ldc + j0 if from_c else j0

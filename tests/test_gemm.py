@@ -77,6 +77,30 @@ def test_packed_panels_of_wide_matrices(dtype):
     assert np.all(C[m * n:] == SENTINEL)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_panels_under_several_row_blocks(dtype):
+    """With B packed and A not, each panel is packed once per KC and every block of mc rows
+    passes under it: C must be right in every row block and K block, edges included."""
+    rng = np.random.default_rng(2)
+    mc = g.A_BLOCK_BYTES // (g.KC * np.dtype(dtype).itemsize)
+    m, K, n = 2 * mc + 5, g.KC + 9, 3 * (VEC_BYTES // np.dtype(dtype).itemsize) + 3
+    A, B, bias, C = _case(rng, dtype, m, n, K)
+    Am = A[:m * K].reshape(m, K).astype(np.float64)
+    g.gemm(A, K, 1, B, K, True, C, n, bias, m, n, K, g.ASSIGN)       # input delta: B^T
+    np.testing.assert_allclose(C[:m * n].reshape(m, n),
+                               Am @ B[:n * K].reshape(n, K).astype(np.float64).T,
+                               **_tol(dtype))
+    assert np.all(C[m * n:] == SENTINEL)
+    n = g.PACK_MIN_LD + 7                                            # wide forward
+    A, B, bias, C = _case(rng, dtype, m, n, K)
+    Am = A[:m * K].reshape(m, K).astype(np.float64)
+    g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
+    np.testing.assert_allclose(C[:m * n].reshape(m, n),
+                               Am @ B[:K * n].reshape(K, n).astype(np.float64) + bias[:n],
+                               **_tol(dtype))
+    assert np.all(C[m * n:] == SENTINEL)
+
+
 def test_gemm_with_no_reduction_gives_the_start_values():
     C = np.full(8, SENTINEL)
     bias = np.arange(4.0)
