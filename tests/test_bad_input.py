@@ -346,3 +346,16 @@ def test_single_row_single_feature_and_lists():
     loss, grads = one.loss_and_grads([[1, 2, 3]], [0.5])
     assert np.isfinite(loss) and all(np.isfinite(g).all() for g in grads)
     assert one.evaluate([[1, 2, 3]], [[0.5]])["loss"] >= 0
+
+
+def test_finite_check_survives_an_overflowing_sum():
+    """Finiteness is proven by a sum in the data's dtype; huge but finite float32 values
+    overflow that sum, and must still be accepted (checked element by element), while one
+    inf among them is still reported."""
+    from fastbp.validation import check_X
+    X = np.full((50, 3), 3e37, dtype=np.float32)
+    assert np.isinf(X.sum())
+    assert check_X(X, np.float32) is not None
+    X[7, 1] = np.inf
+    with pytest.raises(DataError, match="1 NaN or infinite"):
+        check_X(X, np.float32)
