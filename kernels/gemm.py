@@ -124,12 +124,14 @@ def _pack(B, ldb, transb, P, j0, n, k0, k1):
     ``transb`` (the input delta's W^T, transposed on the way in)."""
     V = lanes(P)
     if transb:
-        for k in range(k0, k1):
-            o = (k - k0) * 2 * V
-            for c in range(n):
-                P[o + c] = at(B, (j0 + c) * ldb + k)
-            for c in range(n, 2 * V):
-                P[o + c] = 0
+        # Down each row of B (contiguous reads), across P: 1.0-1.3x the other order.
+        for c in range(n):
+            src = (j0 + c) * ldb
+            for k in range(k0, k1):
+                P[(k - k0) * 2 * V + c] = at(B, src + k)
+        for c in range(n, 2 * V):
+            for k in range(k0, k1):
+                P[(k - k0) * 2 * V + c] = 0
         return
     n0 = min(V, n)
     n1 = max(0, n - V)
