@@ -22,10 +22,11 @@ BLAS_MIN_ROWS = 8
 # - input delta D @ W^T (W transposed while packing) with at least GEMM_DELTA_MIN_OUTPUTS
 #   outputs and up to GEMM_DELTA_MAX_WEIGHTS weights: 64x256x128 92 vs 81, 64x784x256 91
 #   vs 85; a short reduction (128x128x10: 41 vs 57) or a larger W (512x512: 62 vs 97)
-#   loses. Since each transposed panel is packed once per K block rather than once per
-#   block of rows: 128x256x128 136 vs 97, 128x784x256 97 vs 94, 256x512x512 94 vs 99,
-#   256x1024x1024 81 vs 99, 64x2048x2048 37 vs 82 (the transposing pack dominates when
-#   few rows share it): the threshold stands.
+#   loses. Since each transposed panel is packed once per K block (not once per block
+#   of rows), reading down W's rows, two runs: 128x784x256 98-125 vs 94-99, 256x512x512
+#   107-137 vs 100-105, 256x1024x1024 95-122 vs 96-103, 64x2048x2048 62-72 vs 72-82.
+#   Larger W ties at best on this noisy machine: the threshold stands until a quieter
+#   measurement says otherwise.
 GEMM_MAX_WEIGHTS = 262144
 GEMM_DELTA_MIN_OUTPUTS = 32
 GEMM_DELTA_MAX_WEIGHTS = 204800
