@@ -39,7 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from compare import make_data, train_flops_per_sample, versions  # noqa: E402
+from compare import (fastbp_timers, make_data, train_flops_per_sample,  # noqa: E402
+                     versions)
 
 GPU_SHAPES = {
     # name: (layer sizes, batch size, loss, rows, epochs per timed fit)
@@ -97,23 +98,7 @@ def setup_fastbp(sizes, bs, loss, X, y, epochs):
     import fastbp
     net = fastbp.MLP(sizes, activation="relu", loss=loss, dtype="float32", seed=0,
                      device="cuda")
-    net.fit(X, y, epochs=1, batch_size=bs, optimizer="adam", lr=1e-3, verbose=0)
-
-    def train():
-        t0 = time.perf_counter()
-        net.fit(X, y, epochs=epochs, batch_size=bs, optimizer="adam", lr=1e-3, shuffle=True,
-                verbose=0, warm_start=True)
-        return time.perf_counter() - t0
-
-    infer_fn = net.predict_proba if loss == "cross_entropy" else net.predict
-    infer_fn(X)
-
-    def infer():
-        t0 = time.perf_counter()
-        infer_fn(X)
-        return time.perf_counter() - t0
-
-    return train, infer, net
+    return fastbp_timers(net, bs, loss, X, y, epochs) + (net,)
 
 
 def setup_torch(sizes, bs, loss, X, y, epochs):

@@ -188,6 +188,18 @@ def _tile_mac(As, Bs, acc, tx, ty):
 
 
 @cuda.jit(device=True)
+def _store_acc(acc, C, r0, c0, tx, ty, n_rows, n_cols):
+    """C[r0 + ty + TILE*i, c0 + tx + TILE*j] = acc[i, j] inside n_rows x n_cols: constant
+    trip counts, so acc stays in registers."""
+    for i in range(GEMM_REG):
+        r = r0 + ty + i * TILE
+        for j in range(GEMM_REG):
+            c = c0 + tx + j * TILE
+            if r < n_rows and c < n_cols:
+                C[np.uint64(r), np.uint64(c)] = acc[i, j]
+
+
+@cuda.jit(device=True)
 def _block_sum(buf, t, n_threads):
     """Tree sum of ``buf[0:n_threads]`` (a power of two) in shared memory; result in buf[0]."""
     cuda.syncthreads()
@@ -362,14 +374,9 @@ def _build(ft):
             if k0 >= 0:
                 _tile_mac(As, Ws, acc, tx, ty)
                 cuda.syncthreads()
-        # Z first with constant indices into acc (registers); the activation pass, too big
-        # to unroll, then reads Z back.
-        for i in range(GEMM_REG):
-            r = r0 + ty + i * TILE
-            for j in range(GEMM_REG):
-                c = c0 + tx + j * TILE
-                if r < rows and c < n_out:
-                    Z[np.uint64(r), np.uint64(c)] = acc[i, j]
+        # Z first (constant indices into acc keep it in registers); the activation pass,
+        # too big to unroll, then reads Z back.
+        _store_acc(acc, Z, r0, c0, tx, ty, rows, n_out)
         if hidden == 0:
             return
         for i in range(GEMM_REG):
@@ -424,13 +431,8 @@ def _build(ft):
             if j0 >= 0:
                 _tile_mac(Ds, Ws, acc, tx, ty)
                 cuda.syncthreads()
-        # D @ W^T into Dp with constant indices into acc, then the derivative pass over Dp.
-        for a in range(GEMM_REG):
-            r = r0 + ty + a * TILE
-            for b in range(GEMM_REG):
-                i = i0 + tx + b * TILE
-                if r < rows and i < n_in:
-                    Dp[np.uint64(r), np.uint64(i)] = acc[a, b]
+        # D @ W^T into Dp, then the derivative pass over Dp.
+        _store_acc(acc, Dp, r0, i0, tx, ty, rows, n_in)
         for a in range(GEMM_REG):
             r = r0 + ty + a * TILE
             for b in range(GEMM_REG):
