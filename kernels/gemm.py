@@ -10,15 +10,19 @@ with B(k, j) = B[k*ldb + j], or B[j*ldb + k] when ``transb``:
 * weight grad  gW = A^T @ D        (sai = 1, sak = n_in, B = D)
 * input delta  Dp = D @ W^T        (sai = n_out, sak = 1, B = W, transb)
 
-The micro-kernel keeps a 4-row x 2-vector block of C in registers while it runs over k: 8
-FMAs per 2 vector loads and 4 broadcasts. Columns past the last full vector use masked
-loads and stores, so any width works. K is cut into blocks of KC; the B panel the
-micro-kernel sweeps (KC x 2 vectors) is read in place when its rows are close, and copied
-into a stack buffer first when they are far apart (or transposed), so that it stays in L1
-while every row block of A passes. A transposed A (the weight gradient's, whose 4 values
-per step sit a layer width apart from the next step's) is packed block by block too. Measured on one Zen 5 core, float32: 32x64x64 at
-110-190 GFLOP/s against 55-110 through OpenBLAS, whose per-call overhead and AVX2 kernels
-(it runs its Haswell code on Zen 5) dominate at these sizes; kernels.tuning has the rest.
+The micro-kernel keeps an 8-row x 2-vector block of C in registers while it runs over k
+(16 FMAs per 2 vector loads and 8 broadcasts), where AVX-512's 32 registers hold its 16
+accumulators; 4 rows otherwise, and for the rows left over. Two FMA pipes of 4 cycles'
+latency need 8 independent accumulators just to stay busy, so the 4-row kernel stalled
+on every step: the 8-row one ran the products 1.3-3x faster. Columns past the last full
+vector use masked loads and stores, so any width works. K is cut into blocks of KC; the B
+panel the micro-kernel sweeps (KC x 2 vectors) is read in place when its rows are close,
+and copied into a stack buffer first when they are far apart (or transposed), so that it
+stays in L1 while every row block of A passes. A transposed A (the weight gradient's,
+whose 4 values per step sit a layer width apart from the next step's) is packed block by
+block too. Measured on one Zen 5 core, float32: 128x784x256 at about 200 GFLOP/s against
+about 100 through OpenBLAS, whose AVX2 kernels (it runs its Haswell code on Zen 5) and
+per-call overhead lose at every size measured; kernels.tuning has the numbers.
 """
 from numba import carray, njit
 
@@ -43,6 +47,8 @@ PACK_A_MIN_LD = 128
 PACK_MIN_ROWS = 8
 
 ASSIGN, ASSIGN_BIAS, ACCUMULATE = 0, 1, 2
+# 8-row micro-kernels where 32 vector registers hold their 16 accumulators (AVX-512).
+ROWS8 = VEC_BYTES == 64
 
 
 @njit(**_jit)
@@ -98,6 +104,86 @@ def _block4(A, a0, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n
     o += ldc
     vstore_part(C, o, c30, n0)
     vstore_part(C, o + V, c31, n1)
+
+
+@njit(**_jit)
+def _block8(A, a0, a1, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0,
+            k1):
+    """Rows i..i+7 as _block4 does rows i..i+3: 16 accumulators hide the FMA latency that
+    _block4's 8 leave exposed (two FMA pipes x 4 cycles), where 32 vector registers hold
+    them (AVX-512). A(i + r, k) is A[a0 + r*sai + k*sak] for r < 4 and
+    A[a1 + (r-4)*sai + k*sak] for the other four (a packed A keeps each 4 rows apart)."""
+    V = lanes(C)
+    c00 = vload_part(S, so, s0)
+    c01 = vload_part(S, so + V, s1)
+    c10 = vload_part(S, so + ss, s0)
+    c11 = vload_part(S, so + ss + V, s1)
+    c20 = vload_part(S, so + 2 * ss, s0)
+    c21 = vload_part(S, so + 2 * ss + V, s1)
+    c30 = vload_part(S, so + 3 * ss, s0)
+    c31 = vload_part(S, so + 3 * ss + V, s1)
+    c40 = vload_part(S, so + 4 * ss, s0)
+    c41 = vload_part(S, so + 4 * ss + V, s1)
+    c50 = vload_part(S, so + 5 * ss, s0)
+    c51 = vload_part(S, so + 5 * ss + V, s1)
+    c60 = vload_part(S, so + 6 * ss, s0)
+    c61 = vload_part(S, so + 6 * ss + V, s1)
+    c70 = vload_part(S, so + 7 * ss, s0)
+    c71 = vload_part(S, so + 7 * ss + V, s1)
+    for k in range(k0, k1):
+        bk = bb + k * ldb
+        w0 = vload_part(B, bk, n0)
+        w1 = vload_part(B, bk + V, n1)
+        ak = a0 + k * sak
+        ak1 = a1 + k * sak
+        a = vsplat(C, at(A, ak))
+        c00 = vfma(a, w0, c00)
+        c01 = vfma(a, w1, c01)
+        a = vsplat(C, at(A, ak + sai))
+        c10 = vfma(a, w0, c10)
+        c11 = vfma(a, w1, c11)
+        a = vsplat(C, at(A, ak + 2 * sai))
+        c20 = vfma(a, w0, c20)
+        c21 = vfma(a, w1, c21)
+        a = vsplat(C, at(A, ak + 3 * sai))
+        c30 = vfma(a, w0, c30)
+        c31 = vfma(a, w1, c31)
+        a = vsplat(C, at(A, ak1))
+        c40 = vfma(a, w0, c40)
+        c41 = vfma(a, w1, c41)
+        a = vsplat(C, at(A, ak1 + sai))
+        c50 = vfma(a, w0, c50)
+        c51 = vfma(a, w1, c51)
+        a = vsplat(C, at(A, ak1 + 2 * sai))
+        c60 = vfma(a, w0, c60)
+        c61 = vfma(a, w1, c61)
+        a = vsplat(C, at(A, ak1 + 3 * sai))
+        c70 = vfma(a, w0, c70)
+        c71 = vfma(a, w1, c71)
+    o = i * ldc + j0
+    vstore_part(C, o, c00, n0)
+    vstore_part(C, o + V, c01, n1)
+    o += ldc
+    vstore_part(C, o, c10, n0)
+    vstore_part(C, o + V, c11, n1)
+    o += ldc
+    vstore_part(C, o, c20, n0)
+    vstore_part(C, o + V, c21, n1)
+    o += ldc
+    vstore_part(C, o, c30, n0)
+    vstore_part(C, o + V, c31, n1)
+    o += ldc
+    vstore_part(C, o, c40, n0)
+    vstore_part(C, o + V, c41, n1)
+    o += ldc
+    vstore_part(C, o, c50, n0)
+    vstore_part(C, o + V, c51, n1)
+    o += ldc
+    vstore_part(C, o, c60, n0)
+    vstore_part(C, o + V, c61, n1)
+    o += ldc
+    vstore_part(C, o, c70, n0)
+    vstore_part(C, o + V, c71, n1)
 
 
 @njit(**_jit)
@@ -208,6 +294,16 @@ def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
                 else:
                     S, ss, s0, s1 = C, 0, 0, 0
                 i = i0
+                while ROWS8 and n1 > 0 and i + 8 <= i1:
+                    so = i * ldc + j0 if from_c else j0
+                    if pack_a:
+                        a0 = (i - i0) * KC - 4 * k0
+                        _block8(PA, a0, a0 + 4 * KC, 1, 4, Bp, bb, ldp, C, ldc, S, so, ss,
+                                s0, s1, i, j0, n0, n1, k0, k1)
+                    else:
+                        _block8(A, i * sai, (i + 4) * sai, sai, sak, Bp, bb, ldp, C, ldc,
+                                S, so, ss, s0, s1, i, j0, n0, n1, k0, k1)
+                    i += 8
                 while i + 4 <= i1:
                     so = i * ldc + j0 if from_c else j0
                     if pack_a:

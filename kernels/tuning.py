@@ -3,6 +3,7 @@
 Numba freezes module globals at compile time: changing a value here needs a cache clear
 (delete the ``__pycache__`` of kernels/) to take effect.
 """
+from .simd import VEC_BYTES
 
 # A dense layer goes through BLAS (np.dot) when its weight matrix has at least
 # BLAS_MIN_WEIGHTS entries, more than BLAS_MAX_HAND_OUTPUTS outputs and the slice at least
@@ -27,9 +28,22 @@ BLAS_MIN_ROWS = 8
 #   107-137 vs 100-105, 256x1024x1024 95-122 vs 96-103, 64x2048x2048 62-72 vs 72-82.
 #   Larger W ties at best on this noisy machine: the threshold stands until a quieter
 #   measurement says otherwise.
-GEMM_MAX_WEIGHTS = 262144
-GEMM_DELTA_MIN_OUTPUTS = 32
-GEMM_DELTA_MAX_WEIGHTS = 204800
+# With AVX-512, the 8-row micro-kernel (16 accumulators; kernels.gemm.ROWS8) beats
+# OpenBLAS at every size measured, one core, float32, GFLOP/s, ours vs OpenBLAS: forward
+# 128x512x512 200 vs 99, 256x1024x1024 198 vs 106, 256x2048x2048 171 vs 103; weight
+# gradient 512x512 (K=128) 194 vs 108, 1024x1024 (K=256) 172 vs 108, 2048x2048 (K=64)
+# 101 vs 96; input delta 128x512x512 172 vs 101, 256x1024x1024 176 vs 106, 64x2048x2048
+# 98 vs 86, and short reductions too (128 rows, 128 inputs, 10 outputs: 62 vs 55). So
+# there the own kernels take every product; the limits above stand for 32-byte vectors
+# (AVX2), where only the 4-row micro-kernel fits the registers.
+if VEC_BYTES == 64:
+    GEMM_MAX_WEIGHTS = 2 ** 62
+    GEMM_DELTA_MIN_OUTPUTS = BLAS_MAX_HAND_OUTPUTS + 1
+    GEMM_DELTA_MAX_WEIGHTS = 2 ** 62
+else:
+    GEMM_MAX_WEIGHTS = 262144
+    GEMM_DELTA_MIN_OUTPUTS = 32
+    GEMM_DELTA_MAX_WEIGHTS = 204800
 
 # A batch is split over threads only when each thread gets at least this many rows and
 # this much work (multiply-adds: rows x sum of n_in*n_out, times 3 when training). Waking a
