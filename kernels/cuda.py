@@ -104,12 +104,13 @@ activate = _scalar.activate
 activate_grad = _scalar.activate_grad
 pointwise_loss = _scalar.pointwise_loss
 pointwise_loss_grad = _scalar.pointwise_loss_grad
-output_activate = _scalar.output_activate
 sgd_step = _scalar.sgd_step
 adam_step = _scalar.adam_step
 rmsprop_step = _scalar.rmsprop_step
 dropout_keep = _scalar.dropout_keep
 loss_scale = _scalar.loss_scale
+row_metric = _scalar.row_metric
+output_rows = _scalar.output_rows
 
 
 # ------------------------------------------------------------------ device helpers
@@ -131,31 +132,6 @@ def _flat_index(ranges, t):
             return ranges[q, 0] + t
         t -= n
     return -1
-
-
-@cuda.jit(device=True)
-def _row_metric(Z, r, Y, s, n, loss):
-    """kernels.cpu.row_metric of batch row ``r`` (logits) against target row ``s``."""
-    if loss == m.CROSS_ENTROPY:
-        zbest = 0
-        ybest = 0
-        for j in range(1, n):
-            if Z[r, j] > Z[r, zbest]:
-                zbest = j
-            if Y[s, j] > Y[s, ybest]:
-                ybest = j
-        return 1.0 if zbest == ybest else 0.0
-    acc = 0.0
-    for j in range(n):
-        if loss == m.BINARY_CROSS_ENTROPY:
-            if (Z[r, j] >= 0) == (Y[s, j] >= 0.5):
-                acc += 1.0
-        else:
-            d = Z[r, j] - Y[s, j]
-            acc += d * d
-    if loss == m.BINARY_CROSS_ENTROPY:
-        return acc / n
-    return acc
 
 
 @cuda.jit(device=True)
@@ -564,7 +540,7 @@ def _build(ft):
         if r < rows:
             s = _src_row(perm, gather, b0, r)
             w = row_w[s] * scale
-            metric = _row_metric(Z, r, Y, s, n_out, loss)
+            metric = row_metric(Z, r, Y, s, n_out, loss)
             total = w * row_loss_delta(Z, r, Y, s, w, n_out, loss, D)
         lbuf[t] = total
         mbuf[t] = metric
@@ -574,38 +550,17 @@ def _build(ft):
             cuda.atomic.add(out, (k, 0), lbuf[0])
             cuda.atomic.add(out, (k, 1), mbuf[0])
 
-    @cuda.jit(device=True)
-    def row_output(Z, r, A, ra, n_out, loss):
-        """Row ``ra`` of A = the output activation of row ``r`` of Z: softmax
-        (cross-entropy), sigmoid (BCE) or identity."""
-        if loss == m.CROSS_ENTROPY:
-            zmax = Z[r, 0]
-            for j in range(1, n_out):
-                zmax = max(zmax, Z[r, j])
-            s = 0.0
-            for j in range(n_out):
-                e = math.exp(Z[r, j] - zmax)
-                A[ra, j] = e
-                s += e
-            inv = 1.0 / s
-            for j in range(n_out):
-                A[ra, j] *= inv
-        else:
-            for j in range(n_out):
-                A[ra, j] = output_activate(loss, Z[r, j])
-
     @cuda.jit
     def output_activation(Z, A, rows, n_out, loss):
-        """Inference outputs of every row (``row_output``)."""
+        """Inference outputs of every row (``output_rows``)."""
         r = cuda.grid(1)
         if r < rows:
-            row_output(Z, r, A, r, n_out, loss)
+            output_rows(Z, r, A, r, 1, n_out, loss)
 
     return dict(dense_forward=dense_forward, dense_input_delta=dense_input_delta,
                 dense_weight_grad=dense_weight_grad, output_loss=output_loss,
                 output_activation=output_activation,
-                # device functions, for kernels.cuda_fused:
-                row_loss_delta=row_loss_delta, row_output=row_output)
+                row_loss_delta=row_loss_delta)   # a device function, for kernels.cuda_fused
 
 
 _KERNELS = {}

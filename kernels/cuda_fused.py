@@ -109,7 +109,6 @@ def _build(ft):
     smem_type = from_dtype(np.dtype(ft))
     k = kc.kernels_for(ft)
     row_loss_delta = k["row_loss_delta"]
-    row_output = k["row_output"]
 
     # The tile helpers address the block's shared memory S as one flat array: base offset
     # + row * width + column. Reshaped 2-D views called a run-time helper and made every
@@ -281,7 +280,7 @@ def _build(ft):
                 if row0 + r < rows:
                     s = perm[b0 + row0 + r]
                     w = row_w[s] * scale
-                    msum += kc._row_metric(ZL, r, Y, s, n_out, loss)
+                    msum += kc.row_metric(ZL, r, Y, s, n_out, loss)
                     lsum += w * row_loss_delta(ZL, r, Y, s, w, n_out, loss, ZL)
                 else:
                     for j in range(n_out):
@@ -454,7 +453,7 @@ def _build(ft):
                 ZL = S[zb:zb + T * n_last].reshape((T, n_last))
                 for r in range(t, T, NT):
                     if row0 + r < rows:
-                        row_output(ZL, r, out, row0 + r, n_last, loss)
+                        kc.output_rows(ZL, r, out, row0 + r, 1, n_last, loss)
             cuda.syncthreads()      # the next tile overwrites X, Z and A
 
     return dict(fused_train_chunk=fused_train_chunk, fused_batch_grads=fused_batch_grads,
