@@ -66,17 +66,17 @@ def _reduce_grad(partials, used, grads, i):
     added in a fixed order, so the result is deterministic."""
     acc = cuda.local.array(RED_LANES, partials.dtype)
     lanes = min(RED_LANES, used)
-    iu = np.uint64(i)
+    iu = U(i)
     for j in range(RED_LANES):
         if j < lanes:
-            acc[j] = partials[np.uint64(j), iu]
+            acc[j] = partials[U(j), iu]
     q = lanes
     while q + RED_LANES <= used:
         for j in range(RED_LANES):
-            acc[j] += partials[np.uint64(q + j), iu]
+            acc[j] += partials[U(q + j), iu]
         q += RED_LANES
     while q < used:
-        acc[0] += partials[np.uint64(q), iu]
+        acc[0] += partials[U(q), iu]
         q += 1
     g = acc[0]
     for j in range(1, RED_LANES):
