@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .kernels import cpu
 from .kernels.tuning import (PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
                              PREDICT_TILE_MIN_ROWS)
+from .validation import require_finite
 from .workspace import Workspace
 
 log = logging.getLogger("fastbp")
@@ -177,13 +178,20 @@ class CPUEngine:
         self.model._params[:] = snapshot
 
     # -- inference and gradients ------------------------------------------------------
-    def forward(self, X, n_layers, pre_activation, out):
+    def forward(self, X, n_layers, pre_activation, out, check=False):
+        """``out`` = the first ``n_layers`` layers on X. No BLAS call happens here (the
+        products go through kernels.gemm), so no thread limit is set: that alone cost
+        ~20 us a call. ``check``: X is checked for NaN/inf tile by tile while the pass
+        reads it, and DataError raised after."""
         m, lay = self.model, self.model.layout
         rows = min(predict_block_rows(lay, m.dtype), X.shape[0])
         Z, A = self._inference_scratch(rows)
+        bad = np.zeros(1, dtype=np.int64)
         cpu.forward_into(X, m._params, lay.sizes, m._acts, lay.poff, lay.coff, m._loss_code,
                          n_layers, rows, Z, A, out, pre_activation, get_num_threads(),
-                         predict_tile_rows(lay, m.dtype, n_layers))
+                         predict_tile_rows(lay, m.dtype, n_layers), check, bad)
+        if bad[0]:
+            require_finite(X, "X")
         return out
 
     def _inference_scratch(self, rows):

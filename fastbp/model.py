@@ -223,8 +223,8 @@ class MLP:
             hook()
 
     # ---------------------------------------------------------------- data checks
-    def _X(self, X):
-        return check_X(X, self.dtype, n_features=self.sizes[0])
+    def _X(self, X, finite=True):
+        return check_X(X, self.dtype, n_features=self.sizes[0], finite=finite)
 
     def _Y(self, y, n_rows):
         return check_targets(y, self.loss, self.n_outputs, n_rows, self.dtype)
@@ -492,13 +492,14 @@ class MLP:
         return self
 
     # ------------------------------------------------------------------- inference
-    def _forward(self, X, n_layers=None, pre_activation=False, out=None):
+    def _forward(self, X, n_layers=None, pre_activation=False, out=None, check=False):
+        """The first ``n_layers`` layers on X into ``out``; ``check``: X has not been checked
+        for NaN/inf yet (the engine does it, and raises DataError)."""
         n_layers = self.layout.n_layers if n_layers is None else n_layers
         width = self.sizes[n_layers]
         if out is None:
             out = np.empty((X.shape[0], width), dtype=self.dtype)
-        with single_threaded_blas():
-            return self._engine.forward(X, n_layers, pre_activation, out)
+        return self._engine.forward(X, n_layers, pre_activation, out, check)
 
     def _output_buffer(self, out, n, dtype, shapes, what):
         """Check a caller's ``out`` array; None means allocate one."""
@@ -518,10 +519,13 @@ class MLP:
         if not self.is_classifier:
             raise ConfigError(f"predict_proba needs a classification loss; this model's loss "
                               f"is {self.loss!r} (use predict)")
-        Xc = self._X(X)
+        # X is checked for NaN/inf inside the forward pass (one pass over memory, not two),
+        # but up front when the caller's own ``out`` would take the results of bad input.
+        Xc = self._X(X, finite=out is not None)
         n = Xc.shape[0]
+        mine = out is None
         out = self._output_buffer(out, n, self.dtype, [(n, self.n_outputs)], "predict_proba")
-        return self._forward(Xc, out=out)
+        return self._forward(Xc, out=out, check=mine)
 
     def predict(self, X, out=None):
         """Class ids (cross_entropy), 0/1 per output (binary_cross_entropy), or values.
@@ -531,12 +535,15 @@ class MLP:
         for values) written in place; C-contiguous inputs of the model's dtype are read
         without a copy.
         """
-        Xc = self._X(X)
+        # The NaN/inf check of X as in predict_proba: in the forward pass, unless its
+        # results go straight into the caller's ``out``.
+        classify = self.loss in CLASSIFICATION
+        Xc = self._X(X, finite=out is not None and not classify)
         n, k = Xc.shape[0], self.n_outputs
         shapes = [(n,)] if k == 1 or self.loss == "cross_entropy" else [(n, k)]
-        if self.loss in CLASSIFICATION:
+        if classify:
             out = self._output_buffer(out, n, np.int64, shapes, "predict")
-            proba = self._forward(Xc)
+            proba = self._forward(Xc, check=True)
             if self.loss == "cross_entropy":
                 np.argmax(proba, axis=1, out=out)
             else:
@@ -544,8 +551,9 @@ class MLP:
             return out
         if k == 1:
             shapes = [(n,), (n, 1)]
+        mine = out is None
         out = self._output_buffer(out, n, self.dtype, shapes, "predict")
-        self._forward(Xc, out=out.reshape(n, k))
+        self._forward(Xc, out=out.reshape(n, k), check=mine)
         return out
 
     def compiled_predictor(self, max_rows=256):

@@ -34,7 +34,7 @@ def _as_array(a, name):
     return arr
 
 
-def _require_finite(arr, name):
+def require_finite(arr, name):
     # A finite sum proves every element finite without a boolean temporary the size of X;
     # only when it is not (NaN/inf, or a huge but finite overflow) look element by element.
     # The sum is taken in the array's own dtype: casting float32 to float64 on the way
@@ -50,8 +50,11 @@ def _require_finite(arr, name):
                         f"impute them before calling fastbp")
 
 
-def check_X(X, dtype, n_features=None, name="X"):
-    """X as a C-contiguous 2-D array of ``dtype`` (no copy when it already is one)."""
+def check_X(X, dtype, n_features=None, name="X", finite=True):
+    """X as a C-contiguous 2-D array of ``dtype`` (no copy when it already is one).
+
+    ``finite=False`` leaves the NaN/inf check to the caller (inference does it inside the
+    compiled pass, see CPUEngine.forward)."""
     arr = _as_array(X, name)
     if arr.ndim == 1 and n_features == 1:
         arr = arr.reshape(-1, 1)
@@ -73,7 +76,8 @@ def check_X(X, dtype, n_features=None, name="X"):
     # are a distinct Numba type and would compile every kernel a second time.
     if not (out.flags.aligned and out.flags.writeable):
         out = out.copy()
-    _require_finite(out, name)
+    if finite:
+        require_finite(out, name)
     return out
 
 
@@ -90,7 +94,7 @@ def check_targets(y, loss, n_out, n_rows, dtype, name="y"):
                         f"{n_rows}; X and {name} must have the same number of samples")
     if loss == "cross_entropy" and arr.ndim == 1:
         if arr.dtype.kind == "f":
-            _require_finite(arr, name)
+            require_finite(arr, name)
             if np.any(arr != np.round(arr)):
                 raise DataError(f"{name} for cross_entropy must hold integer class ids "
                                 f"0..{n_out - 1} or one-hot rows; got non-integer values")
@@ -120,7 +124,7 @@ def check_targets(y, loss, n_out, n_rows, dtype, name="y"):
         Y = np.ascontiguousarray(arr, dtype=dtype)
     if not (Y.flags.aligned and Y.flags.writeable):   # see check_X
         Y = Y.copy()
-    _require_finite(Y, name)
+    require_finite(Y, name)
     if loss == "binary_cross_entropy" and np.any((Y != 0) & (Y != 1)):
         raise DataError(f"{name} for binary_cross_entropy must contain only 0 and 1 (one "
                         f"column per output); threshold or encode the targets first")
@@ -141,7 +145,7 @@ def check_sample_weight(sample_weight, n_rows, name="sample_weight"):
     w = np.ascontiguousarray(w, dtype=np.float64)
     if not (w.flags.aligned and w.flags.writeable):     # see check_X
         w = w.copy()
-    _require_finite(w, name)
+    require_finite(w, name)
     if np.any(w < 0):
         raise DataError(f"{name} must be non-negative")
     return w

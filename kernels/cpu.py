@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import math as m
-from .gemm import ASSIGN, ASSIGN_BIAS, gemm
+from .gemm import ASSIGN, ASSIGN_BIAS, ASSIGN_BIAS_RELU, gemm
 from .simd import lanes
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
                      GEMM_DELTA_MAX_WEIGHTS, GEMM_DELTA_MIN_OUTPUTS, GEMM_MAX_WEIGHTS,
@@ -141,42 +141,22 @@ def forward_macs(sizes):
 # ---------------------------------------------------------------------- dense layers
 
 @njit(**_jit_fast)
-def dense_forward(A, W, b, Z):
-    """Z = A @ W + b  (A: (m, n_in), W: (n_in, n_out), Z: (m, n_out))."""
+def dense_forward(A, W, b, Z, relu):
+    """Z = A @ W + b  (A: (m, n_in), W: (n_in, n_out), Z: (m, n_out)); with ``relu``,
+    Z = max(A @ W + b, 0) (a hidden ReLU layer's activations, made in one pass)."""
     rows, n_in = A.shape
     n_out = W.shape[1]
     if gemm_forward(n_in, n_out):
         gemm(flat(A), n_in, 1, flat(W), n_out, False, flat(Z), n_out, b, rows, n_out, n_in,
-             ASSIGN_BIAS)
+             ASSIGN_BIAS_RELU if relu else ASSIGN_BIAS)
         return
-    if use_blas(rows, n_in, n_out):
-        np.dot(A, W, Z)
-        for i in range(rows):
-            zi = Z[i]
-            for j in range(n_out):
-                zi[j] += b[j]
-        return
-    if n_out <= BLAS_MAX_HAND_OUTPUTS:
-        # Few outputs (regression heads): one dot product over the inputs per output.
-        for i in range(rows):
-            ai = A[i]
-            for j in range(n_out):
-                acc = b[j]
-                for k in range(n_in):
-                    acc += ai[k] * W[k, j]
-                Z[i, j] = acc
-        return
+    # Few outputs (regression heads): one dot product over the inputs per output.
     for i in range(rows):
-        zi = Z[i]
-        ai = A[i]
         for j in range(n_out):
-            zi[j] = b[j]
-        # No zero-input skip: on ReLU outputs the branch mispredicts and costs 4x.
-        for k in range(n_in):
-            a = ai[k]
-            wk = W[k]
-            for j in range(n_out):
-                zi[j] += a * wk[j]
+            acc = b[j]
+            for k in range(n_in):
+                acc += A[i, k] * W[k, j]
+            Z[i, j] = 0.0 * acc if relu and acc < 0 else acc
 
 
 @njit(**_jit_fast)
@@ -229,12 +209,12 @@ def apply_activation_grad(Dp, Zp, Ap, act, rate, seed, step, layer, r0):
     """Dp *= f'(Zp), and the dropout mask/scale of the layer below when rate > 0."""
     rows, n = Dp.shape
     if rate == 0.0:
-        if act == m.RELU:   # relu'(z) = 1 if z > 0 else 0, branch-free
+        if act == m.RELU:
+            # relu'(z) = 1 if z > 0 else 0, read from A = max(Z, 0) (forward_rows writes
+            # no Z for a ReLU layer without dropout); branch-free.
             for i in range(rows):
-                dpi = Dp[i]
-                zi = Zp[i]
                 for k in range(n):
-                    dpi[k] = dpi[k] if zi[k] > 0 else 0
+                    Dp[i, k] = Dp[i, k] if Ap[i, k] > 0 else 0
             return
         for i in range(rows):
             dpi = Dp[i]
@@ -340,10 +320,18 @@ def forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r
     for l in range(n_layers):
         Z = layer_rows(Zbuf, B, coff, l + 1, r0, r1, sizes[l + 1])
         An = layer_rows(Abuf, B, coff, l + 1, r0, r1, sizes[l + 1])
-        dense_forward(A, weight(params, poff, sizes, l), bias(params, poff, sizes, l), Z)
+        W = weight(params, poff, sizes, l)
+        b = bias(params, poff, sizes, l)
         if l == L - 1:
+            dense_forward(A, W, b, Z, False)
             output_activation(Z, An, loss)
+        elif acts[l] == m.RELU and drop[l] == 0.0 and l < n_layers - 1:
+            # Straight into A: no Z rows written and read back. The backward pass takes
+            # relu' from A (A > 0 exactly where Z > 0); only the last layer run keeps its Z
+            # (a caller may ask for those pre-activations).
+            dense_forward(A, W, b, An, True)
         else:
+            dense_forward(A, W, b, Z, False)
             hidden_activate(Z, An, acts[l], drop[l], seed, step, l, r0)
         A = An
 
@@ -680,19 +668,35 @@ def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, t
     return total
 
 
+@njit(**_jit_fast)
+def rows_finite(X, r0, r1):
+    """Whether rows r0..r1 (r1 > r0) of X hold finite values only: x - x is 0 for those
+    and NaN for NaN and inf, and one NaN survives the sum (no 'nnan' flag lets LLVM
+    fold x - x to 0)."""
+    s = X[r0, 0] - X[r0, 0]
+    for i in range(r0, r1):
+        for j in range(X.shape[1]):
+            s += X[i, j] - X[i, j]
+    return s == 0
+
+
 @njit(**_jit)
 def forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
-                  pre_activation, b0, r0, r1, tile, no_drop):
+                  pre_activation, b0, r0, r1, tile, no_drop, check, bad):
     """Rows b0+r0..b0+r1 of X forward; the last layer's Z or A into the same rows of out.
 
     The slice goes through in tiles of ``tile`` rows that all reuse the scratch rows
     starting at r0: a slice of thousands of rows carried layer by layer would stream every
-    layer's output through memory instead of cache."""
+    layer's output through memory instead of cache. With ``check``, a tile whose inputs
+    are not all finite sets bad[0] = 1: checked on its way into the cache, X is read from
+    memory once instead of twice."""
     w = sizes[n_layers]
     S = max(1, min(r1 - r0, tile))
     for s0 in range(r0, r1, S):
         s1 = min(s0 + S, r1)
         t1 = r0 + (s1 - s0)
+        if check and not rows_finite(X, b0 + s0, b0 + s1):
+            bad[0] = 1
         forward_rows(params, sizes, acts, poff, coff, loss, B,
                      matrix_rows(X, b0 + s0, b0 + s1), Zbuf, Abuf, r0, t1, n_layers, no_drop,
                      0, 0)
@@ -709,11 +713,12 @@ def forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, A
 
 @njit(parallel=True, **_jit)
 def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
-                 pre_activation, max_slices, tile):
+                 pre_activation, max_slices, tile, check, bad):
     """Rows of X through the first ``n_layers`` layers, the result into ``out``.
 
     ``pre_activation`` selects Z (logits) instead of A for the last layer run. Works in
     blocks of B rows, each block split over threads, each thread's rows in tiles of ``tile``.
+    ``check``: set bad[0] = 1 if X holds a NaN or inf (``out`` is then meaningless).
     """
     n = X.shape[0]
     no_drop = np.zeros(sizes.shape[0] - 1)
@@ -723,12 +728,12 @@ def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Ab
         nt = n_slices(rows, max_slices, macs)
         if nt == 1:   # no parallel region for small blocks (single-row calls, say)
             forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
-                          out, pre_activation, b0, 0, rows, tile, no_drop)
+                          out, pre_activation, b0, 0, rows, tile, no_drop, check, bad)
             continue
         for t in prange(nt):
             forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
                           out, pre_activation, b0, t * rows // nt, (t + 1) * rows // nt, tile,
-                          no_drop)
+                          no_drop, check, bad)
 
 
 @njit(parallel=True, **_jit)
@@ -771,9 +776,10 @@ def predict_rows(params, sizes, acts, poff, coff, loss, Zbuf, Abuf, X, out):
     L = sizes.shape[0] - 1
     B = Zbuf.shape[0] // coff[L + 1]
     no_drop = np.zeros(L)
+    no_bad = np.zeros(1, dtype=np.int64)
     for b0 in range(0, n, B):
         forward_slice(X, params, sizes, acts, poff, coff, loss, L, B, Zbuf, Abuf, out, False,
-                      b0, 0, min(B, n - b0), B, no_drop)
+                      b0, 0, min(B, n - b0), B, no_drop, False, no_bad)
 
 
 # ------------------------------------------------- split step (data-parallel training)

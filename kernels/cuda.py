@@ -39,6 +39,7 @@ import math
 import numpy as np
 from numba import config, cuda
 
+from ..validation import require_finite
 from . import math as m
 
 # Tunables of the CUDA kernels.
@@ -1142,7 +1143,9 @@ class CudaEngine:
             s.params.copy_to_device(self.model._params)
 
     # -- inference and gradients ------------------------------------------------------
-    def forward(self, X, n_layers, pre_activation, out):
+    def forward(self, X, n_layers, pre_activation, out, check=False):
+        if check:   # before the upload: the kernels have no NaN/inf check of their own
+            require_finite(X, "X")
         m_ = self.model
         lay = m_.layout
         L = lay.n_layers

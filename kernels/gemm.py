@@ -26,8 +26,8 @@ per-call overhead lose at every size measured; kernels.tuning has the numbers.
 """
 from numba import carray, njit
 
-from .simd import (VEC_BYTES, at, lanes, stack_buffer, vfma, vload_part, vsplat, vstore,
-                   vstore_part)
+from .simd import (VEC_BYTES, at, lanes, stack_buffer, vfma, vload_part, vrelu, vsplat,
+                   vstore, vstore_part)
 
 _jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
@@ -47,16 +47,20 @@ PACK_A_MIN_LD = 128
 PACK_MIN_ROWS = 8
 
 ASSIGN, ASSIGN_BIAS, ACCUMULATE = 0, 1, 2
+# ASSIGN_BIAS, then max(., 0): a hidden ReLU layer's activations straight from the
+# registers, without writing its pre-activations and reading them back.
+ASSIGN_BIAS_RELU = 3
 # 8-row micro-kernels where 32 vector registers hold their 16 accumulators (AVX-512).
 ROWS8 = VEC_BYTES == 64
 
 
 @njit(**_jit)
 def _block4(A, a0, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0,
-            k1):
+            k1, relu):
     """Rows i..i+3, columns j0..j0+n0+n1 of C over k0..k1, starting from S's rows
     (so + r*ss; s0/s1 lanes of them, zeros after: C itself, the bias, or nothing). Row k of
-    the B panel starts at bb + k*ldb, A(i + r, k) is A[a0 + r*sai + k*sak]."""
+    the B panel starts at bb + k*ldb, A(i + r, k) is A[a0 + r*sai + k*sak]. ``relu``:
+    store max(C, 0)."""
     V = lanes(C)
     o = i * ldc + j0
     c00 = vload_part(S, so, s0)
@@ -93,22 +97,22 @@ def _block4(A, a0, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n
             c10 = vfma(vsplat(C, at(A, ak + sai)), w0, c10)
             c20 = vfma(vsplat(C, at(A, ak + 2 * sai)), w0, c20)
             c30 = vfma(vsplat(C, at(A, ak + 3 * sai)), w0, c30)
-    vstore_part(C, o, c00, n0)
-    vstore_part(C, o + V, c01, n1)
+    vstore_part(C, o, vrelu(c00, relu), n0)
+    vstore_part(C, o + V, vrelu(c01, relu), n1)
     o += ldc
-    vstore_part(C, o, c10, n0)
-    vstore_part(C, o + V, c11, n1)
+    vstore_part(C, o, vrelu(c10, relu), n0)
+    vstore_part(C, o + V, vrelu(c11, relu), n1)
     o += ldc
-    vstore_part(C, o, c20, n0)
-    vstore_part(C, o + V, c21, n1)
+    vstore_part(C, o, vrelu(c20, relu), n0)
+    vstore_part(C, o + V, vrelu(c21, relu), n1)
     o += ldc
-    vstore_part(C, o, c30, n0)
-    vstore_part(C, o + V, c31, n1)
+    vstore_part(C, o, vrelu(c30, relu), n0)
+    vstore_part(C, o + V, vrelu(c31, relu), n1)
 
 
 @njit(**_jit)
 def _block8(A, a0, a1, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0,
-            k1):
+            k1, relu):
     """Rows i..i+7 as _block4 does rows i..i+3: 16 accumulators hide the FMA latency that
     _block4's 8 leave exposed (two FMA pipes x 4 cycles), where 32 vector registers hold
     them (AVX-512). A(i + r, k) is A[a0 + r*sai + k*sak] for r < 4 and
@@ -161,33 +165,33 @@ def _block8(A, a0, a1, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n
         c70 = vfma(a, w0, c70)
         c71 = vfma(a, w1, c71)
     o = i * ldc + j0
-    vstore_part(C, o, c00, n0)
-    vstore_part(C, o + V, c01, n1)
+    vstore_part(C, o, vrelu(c00, relu), n0)
+    vstore_part(C, o + V, vrelu(c01, relu), n1)
     o += ldc
-    vstore_part(C, o, c10, n0)
-    vstore_part(C, o + V, c11, n1)
+    vstore_part(C, o, vrelu(c10, relu), n0)
+    vstore_part(C, o + V, vrelu(c11, relu), n1)
     o += ldc
-    vstore_part(C, o, c20, n0)
-    vstore_part(C, o + V, c21, n1)
+    vstore_part(C, o, vrelu(c20, relu), n0)
+    vstore_part(C, o + V, vrelu(c21, relu), n1)
     o += ldc
-    vstore_part(C, o, c30, n0)
-    vstore_part(C, o + V, c31, n1)
+    vstore_part(C, o, vrelu(c30, relu), n0)
+    vstore_part(C, o + V, vrelu(c31, relu), n1)
     o += ldc
-    vstore_part(C, o, c40, n0)
-    vstore_part(C, o + V, c41, n1)
+    vstore_part(C, o, vrelu(c40, relu), n0)
+    vstore_part(C, o + V, vrelu(c41, relu), n1)
     o += ldc
-    vstore_part(C, o, c50, n0)
-    vstore_part(C, o + V, c51, n1)
+    vstore_part(C, o, vrelu(c50, relu), n0)
+    vstore_part(C, o + V, vrelu(c51, relu), n1)
     o += ldc
-    vstore_part(C, o, c60, n0)
-    vstore_part(C, o + V, c61, n1)
+    vstore_part(C, o, vrelu(c60, relu), n0)
+    vstore_part(C, o + V, vrelu(c61, relu), n1)
     o += ldc
-    vstore_part(C, o, c70, n0)
-    vstore_part(C, o + V, c71, n1)
+    vstore_part(C, o, vrelu(c70, relu), n0)
+    vstore_part(C, o + V, vrelu(c71, relu), n1)
 
 
 @njit(**_jit)
-def _block1(A, sai, sak, B, bb, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k1):
+def _block1(A, sai, sak, B, bb, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k1, relu):
     """Row i (the rows left over by the 4-row blocks); S, so, s0, s1 as for _block4."""
     V = lanes(C)
     o = i * ldc + j0
@@ -199,8 +203,8 @@ def _block1(A, sai, sak, B, bb, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k
         a = vsplat(C, at(A, a0 + k * sak))
         c0 = vfma(a, vload_part(B, bk, n0), c0)
         c1 = vfma(a, vload_part(B, bk + V, n1), c1)
-    vstore_part(C, o, c0, n0)
-    vstore_part(C, o + V, c1, n1)
+    vstore_part(C, o, vrelu(c0, relu), n0)
+    vstore_part(C, o + V, vrelu(c1, relu), n1)
 
 
 @njit(**_jit)
@@ -245,8 +249,8 @@ def _pack_a(A, sak, PA, i0, i1, k0, k1):
 @njit(**_jit)
 def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
     """C[i, j] for i < m, j < n: see the module docstring. ``A``, ``B``, ``C``, ``bias``
-    are flat (1-D) views; ``mode`` ASSIGN, ASSIGN_BIAS or ACCUMULATE; ``transb``: B holds
-    the transpose (B(k, j) = B[j*ldb + k])."""
+    are flat (1-D) views; ``mode`` ASSIGN, ASSIGN_BIAS, ASSIGN_BIAS_RELU or ACCUMULATE;
+    ``transb``: B holds the transpose (B(k, j) = B[j*ldb + k])."""
     V = lanes(C)
     itemsize = VEC_BYTES // V
     mc = A_BLOCK_BYTES // (KC * itemsize)
@@ -268,6 +272,7 @@ def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
     for k0 in range(0, max(K, 1), KC):
         k1 = min(K, k0 + KC)
         from_c = k0 > 0 or mode == ACCUMULATE
+        relu = mode == ASSIGN_BIAS_RELU and k1 == K   # on the finished sums only
         n_outer, n_inner = (n_jb, n_ib) if panels_outer else (n_ib, n_jb)
         for outer in range(n_outer):
             for inner in range(n_inner):
@@ -289,7 +294,7 @@ def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
                 # masked load of no lanes): one branch-free load in the micro-kernels.
                 if from_c:
                     S, ss, s0, s1 = C, ldc, n0, n1
-                elif mode == ASSIGN_BIAS:
+                elif mode == ASSIGN_BIAS or mode == ASSIGN_BIAS_RELU:
                     S, ss, s0, s1 = bias, 0, n0, n1
                 else:
                     S, ss, s0, s1 = C, 0, 0, 0
@@ -299,22 +304,22 @@ def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
                     if pack_a:
                         a0 = (i - i0) * KC - 4 * k0
                         _block8(PA, a0, a0 + 4 * KC, 1, 4, Bp, bb, ldp, C, ldc, S, so, ss,
-                                s0, s1, i, j0, n0, n1, k0, k1)
+                                s0, s1, i, j0, n0, n1, k0, k1, relu)
                     else:
                         _block8(A, i * sai, (i + 4) * sai, sai, sak, Bp, bb, ldp, C, ldc,
-                                S, so, ss, s0, s1, i, j0, n0, n1, k0, k1)
+                                S, so, ss, s0, s1, i, j0, n0, n1, k0, k1, relu)
                     i += 8
                 while i + 4 <= i1:
                     so = i * ldc + j0 if from_c else j0
                     if pack_a:
                         _block4(PA, (i - i0) * KC - 4 * k0, 1, 4, Bp, bb, ldp, C, ldc, S,
-                                so, ss, s0, s1, i, j0, n0, n1, k0, k1)
+                                so, ss, s0, s1, i, j0, n0, n1, k0, k1, relu)
                     else:
                         _block4(A, i * sai, sai, sak, Bp, bb, ldp, C, ldc, S, so, ss, s0,
-                                s1, i, j0, n0, n1, k0, k1)
+                                s1, i, j0, n0, n1, k0, k1, relu)
                     i += 4
                 while i < i1:
                     so = i * ldc + j0 if from_c else j0
                     _block1(A, sai, sak, Bp, bb, ldp, C, ldc, S, so, s0, s1, i, j0, n0, n1,
-                            k0, k1)
+                            k0, k1, relu)
                     i += 1

@@ -180,3 +180,15 @@ def stack_buffer(typingctx, like, nbytes):
         ty = context.get_value_type(like.dtype)
         return cgutils.alloca_once(builder, ty, size=ir.Constant(ir.IntType(64), count))
     return types.CPointer(like.dtype)(like, nbytes), codegen
+
+
+@intrinsic
+def vrelu(typingctx, v, on):
+    """v with its negative lanes set to zero when ``on`` (else v unchanged). NaN lanes stay
+    NaN (a select on v < 0, not a max), so divergence still shows in the loss."""
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        neg = builder.fcmp_ordered("<", x, ir.Constant(x.type, None))
+        clipped = builder.select(neg, ir.Constant(x.type, None), x)
+        return builder.select(args[1], clipped, x)
+    return v(v, types.boolean), codegen

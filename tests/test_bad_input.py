@@ -360,3 +360,24 @@ def test_finite_check_survives_an_overflowing_sum():
     X[7, 1] = np.inf
     with pytest.raises(DataError, match="1 NaN or infinite"):
         check_X(X, np.float32)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_nan_deep_in_a_large_predict_is_found_and_out_is_untouched(loss):
+    """Inference checks X for NaN/inf tile by tile inside the compiled pass: a bad value in
+    a late tile of a multi-block input is reported like any other, and a caller's ``out``
+    keeps its contents (its X is checked before anything is written)."""
+    from fastbp.backend import predict_block_rows
+    net = fastbp.MLP([3, 8, 2], loss=loss, dtype="float32", device="cpu", seed=0)
+    n = predict_block_rows(net.layout, net.dtype) + 1000
+    X = np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32)
+    X[n - 7, 2] = np.nan
+    predict = net.predict_proba if loss == "cross_entropy" else net.predict
+    with pytest.raises(DataError, match="X contains 1 NaN or infinite"):
+        predict(X)
+    out = np.full((n, 2), 7.0, dtype=np.float32)
+    with pytest.raises(DataError, match="X contains 1 NaN or infinite"):
+        predict(X, out=out)
+    assert np.all(out == 7.0)
+    X[n - 7, 2] = 0.5
+    assert np.isfinite(predict(X)).all()

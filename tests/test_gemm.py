@@ -1,5 +1,5 @@
 """The register-blocked GEMM (kernels.gemm) against NumPy: every tail of the 4-row and
-2-vector blocking, K blocking, the three modes, both dtypes, and no write outside C."""
+2-vector blocking, K blocking, the four modes, both dtypes, and no write outside C."""
 import os
 import subprocess
 import sys
@@ -42,6 +42,13 @@ def test_gemm_modes_and_tails_match_numpy(dtype):
                 np.testing.assert_allclose(C[:m * n].reshape(m, n), Am @ Bm + bias[:n],
                                            **_tol(dtype), err_msg=f"bias m={m} n={n} K={K}")
                 assert np.all(C[m * n:] == SENTINEL), "wrote past C"
+                # a hidden ReLU layer: max(A @ B + bias, 0), clipped only once K is done
+                Cr = np.full_like(C, SENTINEL)
+                g.gemm(A, K, 1, B, n, False, Cr, n, bias, m, n, K, g.ASSIGN_BIAS_RELU)
+                np.testing.assert_allclose(Cr[:m * n].reshape(m, n),
+                                           np.maximum(Am @ Bm + bias[:n], 0), **_tol(dtype),
+                                           err_msg=f"relu m={m} n={n} K={K}")
+                assert np.all(Cr[m * n:] == SENTINEL), "wrote past C"
                 # accumulate: C += A @ B
                 before = C[:m * n].reshape(m, n).astype(np.float64)
                 g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ACCUMULATE)
@@ -99,6 +106,24 @@ def test_packed_panels_under_several_row_blocks(dtype):
                                Am @ B[:K * n].reshape(K, n).astype(np.float64) + bias[:n],
                                **_tol(dtype))
     assert np.all(C[m * n:] == SENTINEL)
+
+
+def test_relu_mode_keeps_nan_and_clips_partial_sums_only_at_the_end():
+    """A NaN input stays NaN through the fused ReLU (divergence must reach the loss), and a
+    sum that is negative after the first KC terms but positive in the end is kept."""
+    K, n, m = g.KC + 4, 5, 9
+    A = np.ones(m * K)
+    A[3 * K + 2] = np.nan                                   # row 3
+    B = np.zeros(K * n)
+    B[:g.KC * n] = -1.0                                     # first block: -KC
+    B[g.KC * n:] = g.KC                                     # the rest: +4 * KC
+    C = np.full(m * n, SENTINEL)
+    g.gemm(A, K, 1, B, n, False, C, n, np.zeros(n), m, n, K, g.ASSIGN_BIAS_RELU)
+    C = C.reshape(m, n)
+    assert np.isnan(C[3]).all()
+    np.testing.assert_array_equal(np.delete(C, 3, axis=0), 3.0 * g.KC)
+    g.gemm(-A, K, 1, B, n, False, C.ravel(), n, np.zeros(n), m, n, K, g.ASSIGN_BIAS_RELU)
+    np.testing.assert_array_equal(np.delete(C, 3, axis=0), 0.0)
 
 
 def test_gemm_with_no_reduction_gives_the_start_values():
