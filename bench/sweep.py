@@ -5,8 +5,10 @@
 
 For every configuration (hidden width, number of hidden layers, batch size) it trains a
 ReLU MLP ``[n_in, width x depth, 10]`` with cross-entropy and Adam on the same synthetic
-float32 data in both libraries (same process, all cores) and prints training samples/s and
-the fastbp/PyTorch ratio. The input width equals the hidden width, so one number sizes
+float32 data in both libraries (same process, all cores) and prints training and inference
+(class probabilities of every row) samples/s and the fastbp/PyTorch ratios; inference does
+not depend on the batch size, so its ratio repeats across a row of batches as a sample of
+the noise. The input width equals the hidden width, so one number sizes
 every GEMM of a configuration.
 
 The full grid is sampled, not exhaustive: widths 16..2048, 1..6 hidden layers, batches
@@ -58,14 +60,18 @@ def rows_for(width, depth, batch, max_rows):
 
 
 def run_config(sizes, batch, rows, reps):
+    """{peer: (training samples/s, inference samples/s)}, medians of ``reps``."""
     X, y = make_data(sizes, "cross_entropy", rows)
-    peers = {"fastbp": setup_fastbp(sizes, batch, "cross_entropy", X, y)[0],
-             "torch": setup_torch(sizes, batch, "cross_entropy", X, y)[0]}
-    times = {p: [] for p in peers}
+    peers = {"fastbp": setup_fastbp(sizes, batch, "cross_entropy", X, y),
+             "torch": setup_torch(sizes, batch, "cross_entropy", X, y)}
+    train = {p: [] for p in peers}
+    infer = {p: [] for p in peers}
     for _ in range(reps):          # interleaved repetitions: noise hits both alike
-        for p, train_epoch in peers.items():
-            times[p].append(train_epoch())
-    return {p: rows / statistics.median(t) for p, t in times.items()}
+        for p, (train_epoch, predict) in peers.items():
+            train[p].append(train_epoch())
+            infer[p].append(predict())
+    return {p: (rows / statistics.median(train[p]), rows / statistics.median(infer[p]))
+            for p in peers}
 
 
 def build_parser():
@@ -100,29 +106,34 @@ def main(argv=None):
     print(f"fastbp sweep: {cpu_model()}, {os.cpu_count()} cores, {len(grid)} configurations, "
           f"{args.reps} reps")
     print(f"{'width':>5s} {'depth':>5s} {'batch':>5s} {'rows':>6s} | {'fastbp':>10s} "
-          f"{'torch':>10s} | {'ratio':>6s}")
+          f"{'torch':>10s} {'ratio':>6s} | {'fb infer':>10s} {'th infer':>10s} "
+          f"{'ratio':>6s}")
     out = []
     t_start = time.perf_counter()
     for width, depth, batch in grid:
         sizes, rows = rows_for(width, depth, batch, args.rows)
         sps = run_config(sizes, batch, rows, args.reps)
-        r = sps["fastbp"] / sps["torch"]
-        flag = "  <- loses" if r < 1 else ""
-        print(f"{width:>5d} {depth:>5d} {batch:>5d} {rows:>6d} | {sps['fastbp']:>10,.0f} "
-              f"{sps['torch']:>10,.0f} | {r:>6.2f}{flag}", flush=True)
+        (fb, fbi), (th, thi) = sps["fastbp"], sps["torch"]
+        r, ri = fb / th, fbi / thi
+        flag = "  <- loses" if min(r, ri) < 1 else ""
+        print(f"{width:>5d} {depth:>5d} {batch:>5d} {rows:>6d} | {fb:>10,.0f} {th:>10,.0f} "
+              f"{r:>6.2f} | {fbi:>10,.0f} {thi:>10,.0f} {ri:>6.2f}{flag}", flush=True)
         out.append(dict(width=width, depth=depth, batch=batch, sizes=sizes, rows=rows,
-                        fastbp=sps["fastbp"], torch=sps["torch"], ratio=r))
-    ratios = [o["ratio"] for o in out]
-    print(f"\n{len(out)} configurations in {time.perf_counter() - t_start:.0f} s; ratio "
-          f"fastbp/PyTorch: median {statistics.median(ratios):.2f}, min {min(ratios):.2f}, "
-          f"max {max(ratios):.2f}; fastbp slower in {sum(r < 1 for r in ratios)}")
-    by_width = {}
-    for o in out:
-        if o["depth"] == 2:
-            by_width.setdefault(o["width"], []).append(o["ratio"])
-    if by_width:
-        print("median ratio by width (depth 2): " + ", ".join(
-            f"{w}: {statistics.median(v):.2f}" for w, v in sorted(by_width.items())))
+                        fastbp=fb, torch=th, ratio=r, fastbp_infer=fbi, torch_infer=thi,
+                        infer_ratio=ri))
+    print(f"\n{len(out)} configurations in {time.perf_counter() - t_start:.0f} s")
+    for what, key in (("training", "ratio"), ("inference", "infer_ratio")):
+        ratios = [o[key] for o in out]
+        print(f"{what} fastbp/PyTorch: median {statistics.median(ratios):.2f}, min "
+              f"{min(ratios):.2f}, max {max(ratios):.2f}; fastbp slower in "
+              f"{sum(r < 1 for r in ratios)}")
+        by_width = {}
+        for o in out:
+            if o["depth"] == 2:
+                by_width.setdefault(o["width"], []).append(o[key])
+        if by_width:
+            print(f"  median {what} ratio by width (depth 2): " + ", ".join(
+                f"{w}: {statistics.median(v):.2f}" for w, v in sorted(by_width.items())))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(cpu=cpu_model(), cores=os.cpu_count(), versions=versions(),

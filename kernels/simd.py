@@ -11,6 +11,7 @@ micro-kernel's 8 accumulators of 64 bytes would not fit in AVX2's 16 registers).
 All loads and stores address the flat data of a C-contiguous array (any number of
 dimensions) by element index, without bounds checks, like the kernels that use them.
 """
+import math
 import os
 
 import llvmlite.binding as ll
@@ -192,3 +193,63 @@ def vrelu(typingctx, v, on):
         clipped = builder.select(neg, ir.Constant(x.type, None), x)
         return builder.select(args[1], clipped, x)
     return v(v, types.boolean), codegen
+
+
+# exp on vectors: n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two for an exact
+# product), e^r from a polynomial on |r| <= ln2 / 2, times 2^n built in the exponent bits.
+# n comes from the round-to-nearest of adding 1.5 * 2^(mantissa bits): its low bits are n
+# itself, so no float-to-int conversion (undefined for NaN) is needed. float32: Cephes'
+# expf polynomial (about 1 ulp); float64: the Taylor series to r^13 (error < 4e-18).
+_EXP = {
+    32: dict(int_ty=ir.IntType(32), shift=23, one_bits=0x3F800000, magic=12582912.0,
+             ln2_hi=0.693359375, ln2_lo=-2.12194440e-4, lo=-87.33654, hi=88.37626,
+             poly=(1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                   1.6666665459e-1, 5.0000001201e-1, 1.0, 1.0)),
+    64: dict(int_ty=ir.IntType(64), shift=52, one_bits=0x3FF0000000000000,
+             magic=6755399441055744.0, ln2_hi=6.93145751953125e-1,
+             ln2_lo=1.42860682030941723212e-6, lo=-708.3964185322641, hi=709.0895657128241,
+             poly=tuple(1.0 / math.factorial(k) for k in range(13, -1, -1))),
+}
+
+
+@intrinsic
+def vexp(typingctx, v):
+    """e^x in every lane. NaN stays NaN; x above 88.376 (float32) or 709.09 (float64) gives
+    inf, a little early (e^x overflows at 88.72 and 709.78), and x below the point where
+    e^x stops being a normal number (-87.34, -708.40) gives 0."""
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        vty = x.type
+        bits = 32 if vty.element == ir.FloatType() else 64
+        c = _EXP[bits]
+        ity = ir.VectorType(c["int_ty"], vty.count)
+
+        def k(value):
+            return ir.Constant(vty, [value] * vty.count)
+
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                             f"llvm.fma.{_suffix(vty)}")
+        # Clamp into the range where 2^n is a normal number (NaN passes both selects).
+        xc = builder.select(builder.fcmp_ordered("<", x, k(c["lo"])), k(c["lo"]), x)
+        xc = builder.select(builder.fcmp_ordered(">", xc, k(c["hi"])), k(c["hi"]), xc)
+        t = builder.call(fma, [xc, k(1.4426950408889634), k(c["magic"])])
+        n = builder.fsub(t, k(c["magic"]))
+        r = builder.call(fma, [n, k(-c["ln2_hi"]), xc])
+        r = builder.call(fma, [n, k(-c["ln2_lo"]), r])
+        coeffs = c["poly"]
+        p = k(coeffs[0])
+        if bits == 32:   # Cephes: ((..)r + 0.5) r^2 + r + 1
+            for a in coeffs[1:6]:
+                p = builder.call(fma, [p, r, k(a)])
+            p = builder.call(fma, [p, builder.fmul(r, r), r])
+            p = builder.fadd(p, k(1.0))
+        else:
+            for a in coeffs[1:]:
+                p = builder.call(fma, [p, r, k(a)])
+        shift = ir.Constant(ity, [c["shift"]] * vty.count)
+        two_n = builder.add(builder.shl(builder.bitcast(t, ity), shift),
+                            ir.Constant(ity, [c["one_bits"]] * vty.count))
+        y = builder.fmul(p, builder.bitcast(two_n, vty))
+        y = builder.select(builder.fcmp_ordered("<", x, k(c["lo"])), k(0.0), y)
+        return builder.select(builder.fcmp_ordered(">", x, k(c["hi"])), k(math.inf), y)
+    return v(v), codegen

@@ -1,5 +1,6 @@
-"""The register-blocked GEMM (kernels.gemm) against NumPy: every tail of the 4-row and
-2-vector blocking, K blocking, the four modes, both dtypes, and no write outside C."""
+"""The register-blocked GEMM (kernels.gemm) against NumPy: every tail of the 8-, 4-row and
+2-vector blocking, K blocking, the four modes, both dtypes, and no write outside C; and the
+other explicit-vector kernel, the exp behind the CPU softmax."""
 import os
 import subprocess
 import sys
@@ -124,6 +125,38 @@ def test_relu_mode_keeps_nan_and_clips_partial_sums_only_at_the_end():
     np.testing.assert_array_equal(np.delete(C, 3, axis=0), 3.0 * g.KC)
     g.gemm(-A, K, 1, B, n, False, C.ravel(), n, np.zeros(n), m, n, K, g.ASSIGN_BIAS_RELU)
     np.testing.assert_array_equal(np.delete(C, 3, axis=0), 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_exp_and_softmax_match_numpy(dtype):
+    """exp_inplace within 2 ulp over the whole normal range, every tail length, NaN kept,
+    overflow to inf and underflow to 0; softmax rows sum to 1 and match NumPy's."""
+    from fastbp.kernels import cpu
+    eps = np.finfo(dtype).eps
+    lo, hi = (-87.0, 88.0) if dtype == np.float32 else (-708.0, 709.0)
+    x = np.linspace(lo, hi, 100003).astype(dtype)
+    a = x.copy()
+    cpu.exp_inplace(a, 0, a.size)
+    ref = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(a - ref) / ref) < 2 * eps
+    for n in range(1, 40):                        # every tail of the vector loop
+        b = np.full(n + 3, SENTINEL, dtype=dtype)
+        b[:n] = np.arange(n) * 0.25
+        cpu.exp_inplace(b, 0, n)
+        np.testing.assert_allclose(b[:n], np.exp(np.arange(n) * 0.25), rtol=2 * eps)
+        assert np.all(b[n:] == SENTINEL)
+    edge = np.array([np.nan, np.inf, -np.inf, 1e4, -1e4, 0.0], dtype=dtype)
+    cpu.exp_inplace(edge, 0, edge.size)
+    assert np.isnan(edge[0]) and edge[1] == np.inf and edge[3] == np.inf
+    assert edge[2] == 0 and edge[4] == 0 and edge[5] == 1
+    rng = np.random.default_rng(3)
+    Z = (rng.standard_normal((37, 10)) * 20).astype(dtype)
+    A = np.empty_like(Z)
+    cpu.softmax_rows(Z, A)
+    Z64 = Z.astype(np.float64)
+    E = np.exp(Z64 - Z64.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(A, E / E.sum(axis=1, keepdims=True), rtol=8 * eps,
+                               atol=8 * eps)
 
 
 def test_gemm_with_no_reduction_gives_the_start_values():
