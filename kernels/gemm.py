@@ -134,52 +134,36 @@ def _block8(A, a0, a1, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n
     c61 = vload_part(S, so + 6 * ss + V, s1)
     c70 = vload_part(S, so + 7 * ss, s0)
     c71 = vload_part(S, so + 7 * ss + V, s1)
-    if n1 == 0:
-        # One vector of columns (a 10-class output layer, say): 8 chains still hide the
-        # FMA latency that _block4's 4 would expose.
-        for k in range(k0, k1):
-            w0 = vload_part(B, bb + k * ldb, n0)
-            ak = a0 + k * sak
-            ak1 = a1 + k * sak
-            c00 = vfma(vsplat(C, at(A, ak)), w0, c00)
-            c10 = vfma(vsplat(C, at(A, ak + sai)), w0, c10)
-            c20 = vfma(vsplat(C, at(A, ak + 2 * sai)), w0, c20)
-            c30 = vfma(vsplat(C, at(A, ak + 3 * sai)), w0, c30)
-            c40 = vfma(vsplat(C, at(A, ak1)), w0, c40)
-            c50 = vfma(vsplat(C, at(A, ak1 + sai)), w0, c50)
-            c60 = vfma(vsplat(C, at(A, ak1 + 2 * sai)), w0, c60)
-            c70 = vfma(vsplat(C, at(A, ak1 + 3 * sai)), w0, c70)
-    else:
-        for k in range(k0, k1):
-            bk = bb + k * ldb
-            w0 = vload_part(B, bk, n0)
-            w1 = vload_part(B, bk + V, n1)
-            ak = a0 + k * sak
-            ak1 = a1 + k * sak
-            a = vsplat(C, at(A, ak))
-            c00 = vfma(a, w0, c00)
-            c01 = vfma(a, w1, c01)
-            a = vsplat(C, at(A, ak + sai))
-            c10 = vfma(a, w0, c10)
-            c11 = vfma(a, w1, c11)
-            a = vsplat(C, at(A, ak + 2 * sai))
-            c20 = vfma(a, w0, c20)
-            c21 = vfma(a, w1, c21)
-            a = vsplat(C, at(A, ak + 3 * sai))
-            c30 = vfma(a, w0, c30)
-            c31 = vfma(a, w1, c31)
-            a = vsplat(C, at(A, ak1))
-            c40 = vfma(a, w0, c40)
-            c41 = vfma(a, w1, c41)
-            a = vsplat(C, at(A, ak1 + sai))
-            c50 = vfma(a, w0, c50)
-            c51 = vfma(a, w1, c51)
-            a = vsplat(C, at(A, ak1 + 2 * sai))
-            c60 = vfma(a, w0, c60)
-            c61 = vfma(a, w1, c61)
-            a = vsplat(C, at(A, ak1 + 3 * sai))
-            c70 = vfma(a, w0, c70)
-            c71 = vfma(a, w1, c71)
+    for k in range(k0, k1):
+        bk = bb + k * ldb
+        w0 = vload_part(B, bk, n0)
+        w1 = vload_part(B, bk + V, n1)
+        ak = a0 + k * sak
+        ak1 = a1 + k * sak
+        a = vsplat(C, at(A, ak))
+        c00 = vfma(a, w0, c00)
+        c01 = vfma(a, w1, c01)
+        a = vsplat(C, at(A, ak + sai))
+        c10 = vfma(a, w0, c10)
+        c11 = vfma(a, w1, c11)
+        a = vsplat(C, at(A, ak + 2 * sai))
+        c20 = vfma(a, w0, c20)
+        c21 = vfma(a, w1, c21)
+        a = vsplat(C, at(A, ak + 3 * sai))
+        c30 = vfma(a, w0, c30)
+        c31 = vfma(a, w1, c31)
+        a = vsplat(C, at(A, ak1))
+        c40 = vfma(a, w0, c40)
+        c41 = vfma(a, w1, c41)
+        a = vsplat(C, at(A, ak1 + sai))
+        c50 = vfma(a, w0, c50)
+        c51 = vfma(a, w1, c51)
+        a = vsplat(C, at(A, ak1 + 2 * sai))
+        c60 = vfma(a, w0, c60)
+        c61 = vfma(a, w1, c61)
+        a = vsplat(C, at(A, ak1 + 3 * sai))
+        c70 = vfma(a, w0, c70)
+        c71 = vfma(a, w1, c71)
     o = i * ldc + j0
     vstore_part(C, o, vrelu(c00, relu), n0)
     vstore_part(C, o + V, vrelu(c01, relu), n1)
@@ -315,7 +299,7 @@ def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
                 else:
                     S, ss, s0, s1 = C, 0, 0, 0
                 i = i0
-                while ROWS8 and i + 8 <= i1:
+                while ROWS8 and n1 > 0 and i + 8 <= i1:
                     so = i * ldc + j0 if from_c else j0
                     if pack_a:
                         a0 = (i - i0) * KC - 4 * k0
