@@ -26,7 +26,7 @@ per-call overhead lose at every size measured; kernels.tuning has the numbers.
 """
 from numba import carray, njit
 
-from .simd import (VEC_BYTES, at, lanes, stack_buffer, vfma, vload_part, vrelu, vsplat,
+from .simd import (VEC_BYTES, at, lanes, prefetch, stack_buffer, vfma, vload_part, vrelu, vsplat,
                    vstore, vstore_part)
 
 _jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
@@ -229,6 +229,8 @@ def _pack(B, ldb, transb, P, j0, n, k0, k1):
         o = (k - k0) * 2 * V
         vstore(P, o, vload_part(B, k * ldb + j0, n0))
         vstore(P, o + V, vload_part(B, k * ldb + j0 + V, n1))
+        prefetch(B, k * ldb + j0 + 2 * V)
+        prefetch(B, k * ldb + j0 + 3 * V)
 
 
 @njit(**_jit)

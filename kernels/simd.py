@@ -253,3 +253,19 @@ def vexp(typingctx, v):
         y = builder.select(builder.fcmp_ordered("<", x, k(c["lo"])), k(0.0), y)
         return builder.select(builder.fcmp_ordered(">", x, k(c["hi"])), k(math.inf), y)
     return v(v), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Ask for the cache line holding arr.flat[index] into every cache level (a hint: it
+    never faults, even past the end of arr)."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, _i32, _i32, _i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(_i32, 0), ir.Constant(_i32, 3),
+                          ir.Constant(_i32, 1)])
+        return context.get_dummy_value()
+    return types.void(arr, index), codegen
