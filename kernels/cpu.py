@@ -8,7 +8,9 @@ Layout shared by every kernel (built by ``fastbp.workspace``):
   layer ``l`` (the last entry is unused: the loss fixes the output activation).
 * Row buffers ``Zbuf`` (pre-activations), ``Abuf`` (activations, layer 0 = input rows) and
   ``Dbuf`` (deltas) are flat; layer ``l`` occupies ``B*coff[l] : B*coff[l+1]`` viewed as
-  (B, sizes[l]) where ``coff`` is the running sum of ``sizes``.
+  (B, sizes[l]) where ``coff`` is the running sum of ``sizes``. A hidden ReLU layer
+  without dropout writes only its A rows (the GEMM applies the ReLU), unless it is the
+  last layer a forward pass runs: its Z rows are stale.
 * ``grad``: the flat gradient; ``tloss`` (T, 2): per-thread [loss, metric] sums, whose T
   rows bound how many threads share a batch. Each thread carries its row slice forward
   and back to the deltas, then the threads split the batch's weight gradients by output

@@ -26,8 +26,8 @@ per-call overhead lose at every size measured; kernels.tuning has the numbers.
 """
 from numba import carray, njit
 
-from .simd import (VEC_BYTES, at, lanes, prefetch, stack_buffer, vfma, vload_part, vrelu, vsplat,
-                   vstore, vstore_part)
+from .simd import (VEC_BYTES, at, lanes, prefetch, stack_buffer, vfma, vload_part, vrelu,
+                   vsplat, vstore, vstore_part)
 
 _jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
