@@ -521,9 +521,9 @@ class MLP:
                               f"is {self.loss!r} (use predict)")
         # X is checked for NaN/inf inside the forward pass (one pass over memory, not two),
         # but up front when the caller's own ``out`` would take the results of bad input.
-        Xc = self._X(X, finite=out is not None)
-        n = Xc.shape[0]
         mine = out is None
+        Xc = self._X(X, finite=not mine)
+        n = Xc.shape[0]
         out = self._output_buffer(out, n, self.dtype, [(n, self.n_outputs)], "predict_proba")
         return self._forward(Xc, out=out, check=mine)
 
@@ -538,7 +538,8 @@ class MLP:
         # The NaN/inf check of X as in predict_proba: in the forward pass, unless its
         # results go straight into the caller's ``out``.
         classify = self.loss in CLASSIFICATION
-        Xc = self._X(X, finite=out is not None and not classify)
+        mine = out is None
+        Xc = self._X(X, finite=not (mine or classify))
         n, k = Xc.shape[0], self.n_outputs
         shapes = [(n,)] if k == 1 or self.loss == "cross_entropy" else [(n, k)]
         if classify:
@@ -551,7 +552,6 @@ class MLP:
             return out
         if k == 1:
             shapes = [(n,), (n, 1)]
-        mine = out is None
         out = self._output_buffer(out, n, self.dtype, shapes, "predict")
         self._forward(Xc, out=out.reshape(n, k), check=mine)
         return out

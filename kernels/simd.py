@@ -78,6 +78,14 @@ def _suffix(vty):
     return f"v{vty.count}{'f32' if vty.element == ir.FloatType() else 'f64'}"
 
 
+def _fma(builder, a, b, c):
+    """a * b + c on vectors, one rounding (llvm.fma)."""
+    vty = a.type
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                        f"llvm.fma.{_suffix(vty)}")
+    return builder.call(fn, [a, b, c])
+
+
 @intrinsic
 def lanes(typingctx, arr):
     """Lanes of a vector of ``arr``'s dtype (a compile-time constant)."""
@@ -151,10 +159,7 @@ def vsplat(typingctx, arr, x):
 def vfma(typingctx, a, b, c):
     """a * b + c, lane by lane, one rounding."""
     def codegen(context, builder, sig, args):
-        vty = args[0].type
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                            f"llvm.fma.{_suffix(vty)}")
-        return builder.call(fn, args)
+        return _fma(builder, *args)
     return a(a, b, c), codegen
 
 
@@ -227,31 +232,30 @@ def vexp(typingctx, v):
         def k(value):
             return ir.Constant(vty, [value] * vty.count)
 
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                             f"llvm.fma.{_suffix(vty)}")
-        # Clamp into the range where 2^n is a normal number (NaN passes both selects).
-        xc = builder.select(builder.fcmp_ordered("<", x, k(c["lo"])), k(c["lo"]), x)
-        xc = builder.select(builder.fcmp_ordered(">", xc, k(c["hi"])), k(c["hi"]), xc)
-        t = builder.call(fma, [xc, k(1.4426950408889634), k(c["magic"])])
+        # Clamp into the range where 2^n is a normal number (NaN passes both selects); the
+        # same two masks give 0 and inf at the end.
+        below = builder.fcmp_ordered("<", x, k(c["lo"]))
+        above = builder.fcmp_ordered(">", x, k(c["hi"]))
+        xc = builder.select(below, k(c["lo"]), builder.select(above, k(c["hi"]), x))
+        t = _fma(builder, xc, k(1.4426950408889634), k(c["magic"]))
         n = builder.fsub(t, k(c["magic"]))
-        r = builder.call(fma, [n, k(-c["ln2_hi"]), xc])
-        r = builder.call(fma, [n, k(-c["ln2_lo"]), r])
+        r = _fma(builder, n, k(-c["ln2_hi"]), xc)
+        r = _fma(builder, n, k(-c["ln2_lo"]), r)
         coeffs = c["poly"]
         p = k(coeffs[0])
         if bits == 32:   # Cephes: ((..)r + 0.5) r^2 + r + 1
             for a in coeffs[1:6]:
-                p = builder.call(fma, [p, r, k(a)])
-            p = builder.call(fma, [p, builder.fmul(r, r), r])
+                p = _fma(builder, p, r, k(a))
+            p = _fma(builder, p, builder.fmul(r, r), r)
             p = builder.fadd(p, k(1.0))
         else:
             for a in coeffs[1:]:
-                p = builder.call(fma, [p, r, k(a)])
+                p = _fma(builder, p, r, k(a))
         shift = ir.Constant(ity, [c["shift"]] * vty.count)
         two_n = builder.add(builder.shl(builder.bitcast(t, ity), shift),
                             ir.Constant(ity, [c["one_bits"]] * vty.count))
         y = builder.fmul(p, builder.bitcast(two_n, vty))
-        y = builder.select(builder.fcmp_ordered("<", x, k(c["lo"])), k(0.0), y)
-        return builder.select(builder.fcmp_ordered(">", x, k(c["hi"])), k(math.inf), y)
+        return builder.select(below, k(0.0), builder.select(above, k(math.inf), y))
     return v(v), codegen
 
 
@@ -260,8 +264,7 @@ def prefetch(typingctx, arr, index):
     """Ask for the cache line holding arr.flat[index] into every cache level (a hint: it
     never faults, even past the end of arr)."""
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        ptr = _address(context, builder, sig.args[0], args[0], args[1], ir.IntType(8))
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, _i32, _i32, _i32]),
             "llvm.prefetch.p0")
