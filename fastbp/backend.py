@@ -16,8 +16,9 @@ from numba import get_num_threads
 
 from .errors import ConfigError
 from .kernels import cpu
+from .kernels.sync import team_broke_up
 from .kernels.tuning import (PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
-                             PREDICT_TILE_MIN_ROWS)
+                             PREDICT_TILE_MIN_ROWS, TEAM_BACKOFF_CHUNKS)
 from .validation import require_finite
 from .workspace import Workspace
 
@@ -120,16 +121,27 @@ class CPUEngine:
                           trainable=trainable, lowest=int(np.flatnonzero(trainable)[0]),
                           blocks=(blocks := m.layout.update_blocks(trainable)),
                           block_sq=np.zeros(len(blocks)), seed=dropout_seed,
-                          per_batch_s=None, step_done=0)
+                          per_batch_s=None, step_done=0, solo_chunks=0)
 
     def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, out):
-        """Batches of perm[start:stop]; out[k] = [loss, metric sum]; returns steps applied."""
+        """Batches of perm[start:stop]; out[k] = [loss, metric sum]; returns steps applied.
+
+        A chunk whose team broke up (a member's core was busy elsewhere, see
+        kernels.sync) is followed by TEAM_BACKOFF_CHUNKS chunks on one thread; then the
+        team is tried again. Either way the weights come out the same."""
         m, lay, ws = self.model, self.model.layout, s.ws
-        return cpu.train_chunk(s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, m._params,
+        tloss = ws.tloss
+        if s.solo_chunks > 0:
+            s.solo_chunks -= 1
+            tloss = ws.tloss[:1]
+        done = cpu.train_chunk(s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, m._params,
                                lay.sizes, m._acts, lay.poff, lay.coff, s.trainable, s.lowest,
-                               m._loss_code, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
+                               m._loss_code, ws.Z, ws.A, ws.D, ws.grad, tloss,
                                s.optimizer.code, s.state, s.hyper, lrs, step, clip_norm,
-                               s.blocks, s.block_sq, out, m._drop, s.seed)
+                               s.blocks, s.block_sq, out, m._drop, s.seed, ws.sync)
+        if team_broke_up(ws.sync):
+            s.solo_chunks = TEAM_BACKOFF_CHUNKS
+        return done
 
     # -- data-parallel steps (fastbp.distributed): every buffer is in host memory --------
     def grad_buffer(self, s, on_device=False):

@@ -19,7 +19,7 @@ from .workspace import Workspace
 @njit(cache=True, nogil=True)
 def train_step(params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf,
                grad, tloss, opt, state, hyper, lr, step, clip_norm, blocks, block_sq, losses,
-               drop, seed, perm, row_w, X, Y):
+               drop, seed, sync, perm, row_w, X, Y):
     """One optimizer step on the rows of X (at most the trainer's batch size).
 
     ``Y``: (rows, n_out) targets of the model's dtype: one-hot rows for cross_entropy, 0/1
@@ -39,7 +39,7 @@ def train_step(params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, A
     done = train_chunk(X, Y, row_w, perm, 0, n, perm.shape[0], params, sizes, acts, poff,
                        coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt,
                        state, hyper, lr, step[0], clip_norm, blocks, block_sq, losses, drop,
-                       seed)
+                       seed, sync)
     step[0] += done
     return losses[0, 0]
 
@@ -83,6 +83,6 @@ def compiled_trainer(model, batch_size=64, optimizer="adam", lr=None, clip_norm=
             ws.tloss, opt.code, opt.init_state(model.n_params, model.dtype), opt.hyper(),
             np.array([opt.lr], dtype=np.float64), np.zeros(1, dtype=np.int64), clip,
             blocks, np.zeros(len(blocks)), np.zeros((1, 2), dtype=np.float64), model._drop,
-            int(model._rng.integers(0, 2 ** 31 - 1)), np.arange(bs, dtype=np.int64),
+            int(model._rng.integers(0, 2 ** 31 - 1)), ws.sync, np.arange(bs, dtype=np.int64),
             np.ones(bs, dtype=np.float64))
     return train_step, args

@@ -14,7 +14,7 @@ from .optimizers import get_optimizer
 from .progress import Progress
 from .validation import (check_choice, check_dtype, check_number, check_positive_int,
                          check_sample_weight, check_targets, check_X)
-from .workspace import Layout
+from .workspace import Layout, aligned_zeros
 
 INITS = ("auto", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu")
@@ -127,7 +127,7 @@ class MLP:
 
     def _initial_params(self):
         """Weights drawn in float64 from the seeded generator, so dtype never changes them."""
-        params = np.zeros(self.layout.n_params, dtype=self.dtype)
+        params = aligned_zeros(self.layout.n_params, self.dtype)
         for l in range(self.layout.n_layers):
             fan_in, fan_out = self.sizes[l], self.sizes[l + 1]
             scheme = self._init_scheme(l)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .kernels import math as km
+from .workspace import aligned_zeros
 
 
 def _number(name, value):
@@ -51,7 +52,7 @@ class Optimizer:
 
     def init_state(self, n_params, dtype):
         """Flat state slots, zero-initialised (torch's lazily created buffers)."""
-        return np.zeros((self.n_slots, n_params), dtype=dtype)
+        return aligned_zeros((self.n_slots, n_params), dtype)
 
     def hyper(self):
         raise NotImplementedError

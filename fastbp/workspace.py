@@ -2,7 +2,23 @@
 import numpy as np
 from numba import get_num_threads
 
+from .kernels.sync import sync_words
 from .kernels.tuning import UPDATE_BLOCK
+
+
+CACHE_LINE = 64
+
+
+def aligned_zeros(shape, dtype):
+    """Zeros whose data starts on a cache line (NumPy guarantees 16 bytes). The training
+    team's members write neighbouring rows and column ranges of these buffers; cut at
+    whole vectors, their spans then never share a line (a line that two cores both write
+    moves back and forth between them), and no vector load straddles two lines."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.zeros(n * dtype.itemsize + CACHE_LINE, dtype=np.uint8)
+    skip = -raw.ctypes.data % CACHE_LINE
+    return raw[skip: skip + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 class Layout:
@@ -62,8 +78,8 @@ class Layout:
 
 
 class Workspace:
-    """Row buffers for ``batch_rows`` rows, the gradient, and per-thread loss sums (their
-    rows bound how many threads share a batch), made once."""
+    """Row buffers for ``batch_rows`` rows, the gradient, per-thread loss sums (their rows
+    bound how many threads share a batch) and the training team's sync words, made once."""
 
     def __init__(self, layout, batch_rows, dtype, n_threads=None):
         self.layout = layout
@@ -71,9 +87,10 @@ class Workspace:
         self.dtype = np.dtype(dtype)
         self.n_threads = int(n_threads or get_num_threads())
         size = self.batch_rows * layout.row_width
-        self.Z = np.zeros(size, dtype=self.dtype)
-        self.A = np.zeros(size, dtype=self.dtype)
-        self.D = np.zeros(size, dtype=self.dtype)
-        self.grad = np.zeros(layout.n_params, dtype=self.dtype)
+        self.Z = aligned_zeros(size, self.dtype)
+        self.A = aligned_zeros(size, self.dtype)
+        self.D = aligned_zeros(size, self.dtype)
+        self.grad = aligned_zeros(layout.n_params, self.dtype)
         self.tloss = np.zeros((self.n_threads, 2), dtype=np.float64)   # [loss, metric]
+        self.sync = np.zeros(sync_words(self.n_threads), dtype=np.int64)   # the team's
 

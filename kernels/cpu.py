@@ -28,10 +28,13 @@ from numba import njit, prange
 
 from . import math as m
 from .gemm import ASSIGN, ASSIGN_BIAS, ASSIGN_BIAS_RELU, gemm
-from .simd import lanes, vexp, vload_part, vstore_part
+from .simd import lanes, prefetch, vexp, vload_part, vstore_part
+from .sync import (MODE_SOLO, MODE_TEAM, SOLO_OWNER, atomic_load, atomic_store, barrier,
+                   compare_exchange, cycles, result_slot, team_start)
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
                      GEMM_DELTA_MAX_WEIGHTS, GEMM_DELTA_MIN_OUTPUTS, GEMM_MAX_WEIGHTS,
-                     MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD, UPDATE_PARALLEL_MIN)
+                     MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD, TEAM_MIN_WORK_PER_THREAD,
+                     TEAM_CHECK_STEPS, TEAM_PATIENCE_CYCLES, UPDATE_PARALLEL_MIN)
 
 # error_model="numpy": a float division by zero gives inf/nan (caught by the divergence
 # checks) instead of raising. Python's model puts a branch on every division, which stops
@@ -456,6 +459,20 @@ def gather_rows(X, rows_idx, lo, hi, A0):
 
 
 @njit(**_jit)
+def prefetch_rows(X, rows_idx, lo, hi):
+    """Ask for the cache lines of rows rows_idx[lo:hi] of X: a shuffled batch's rows come
+    from all over X, and the next batch's, fetched while this one trains, are in cache
+    when it gathers them (measured on the narrow net: 32 rows of 32 took 0.87 us to
+    gather from L3, most of it waiting)."""
+    n = X.shape[1]
+    step = max(1, 64 // X.itemsize)
+    for i in range(lo, hi):
+        s = rows_idx[i] * n
+        for j in range(0, n, step):
+            prefetch(X, s + j)
+
+
+@njit(**_jit)
 def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, acts, poff,
                     coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, g, drop, seed, step, out,
                     weight_grads):
@@ -479,12 +496,21 @@ def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, act
 # ------------------------------------------------------------------------ optimizers
 
 @njit(**_jit)
-def update_range(opt, params, grad, gscale, state, hyper, lr, step, lo, hi):
+def step_constants(opt, hyper, lr, step):
+    """What an optimizer step computes once, not once per block: Adam's bias-corrected
+    (step_size, inv_bias2_sqrt, l2, decay); zeros for the others."""
+    if opt == m.ADAM:
+        return adam_constants(lr, hyper[0], hyper[1], hyper[3], hyper[4], step)
+    return 0.0, 0.0, 0.0, 0.0
+
+
+@njit(**_jit)
+def update_range(opt, params, grad, gscale, state, hyper, lr, consts, lo, hi):
     """One optimizer step of params[lo:hi] from ``grad`` (scaled by ``gscale``).
 
     ``hyper`` per optimizer: SGD [momentum, nesterov, weight_decay]; Adam/AdamW
     [beta1, beta2, eps, weight_decay, decoupled]; RMSprop [alpha, eps, momentum, weight_decay].
-    Every constant is cast to the parameters' dtype first, so a float32 model updates in
+    ``consts``: the step's ``step_constants``. Every constant is cast to the parameters' dtype first, so a float32 model updates in
     float32 (as torch does), and the arrays are sliced to [lo, hi) so the loops index from
     0: both are needed for LLVM to vectorise them (10x measured). State slots are touched
     only when the optimizer owns them.
@@ -507,8 +533,7 @@ def update_range(opt, params, grad, gscale, state, hyper, lr, step, lo, hi):
             for i in range(n):
                 p[i], _ = sgd_step(p[i], g[i] * gs, g[i], lr_, mom, nest, wd)
     elif opt == m.ADAM:
-        step_size, inv_b2, l2, decay = adam_constants(lr, hyper[0], hyper[1], hyper[3],
-                                                      hyper[4], step)
+        step_size, inv_b2, l2, decay = consts
         b1 = T(hyper[0])
         b2 = T(hyper[1])
         omb1 = T(1.0 - hyper[0])
@@ -574,13 +599,14 @@ def update_all(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, blo
         for bi in range(nblocks):
             sq += block_sq[bi]
         gscale = min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+    consts = step_constants(opt, hyper, lr, step)
     if serial:
         for bi in range(nblocks):
-            update_range(opt, params, grad, gscale, state, hyper, lr, step, blocks[bi, 0],
+            update_range(opt, params, grad, gscale, state, hyper, lr, consts, blocks[bi, 0],
                          blocks[bi, 1])
     else:
         for bi in prange(nblocks):
-            update_range(opt, params, grad, gscale, state, hyper, lr, step, blocks[bi, 0],
+            update_range(opt, params, grad, gscale, state, hyper, lr, consts, blocks[bi, 0],
                          blocks[bi, 1])
 
 
@@ -651,9 +677,137 @@ def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts
 # ------------------------------------------------------------------ compiled entries
 
 @njit(**_jit)
+def team_threads(rows, n_batches, max_threads, work):
+    """How many threads train a chunk of ``n_batches`` batches of ``rows`` rows together
+    (a team, see kernels.sync): each gets at least TEAM_MIN_WORK_PER_THREAD multiply-adds
+    of every batch (what pays for the barriers) and MIN_WORK_PER_THREAD of the chunk (what
+    pays for waking the team). Not bounded by rows: a batch too short to split by rows is
+    still split by weight-gradient columns and parameter blocks."""
+    by_batch = max(1, rows * work // TEAM_MIN_WORK_PER_THREAD)
+    by_chunk = max(1, n_batches * rows * work // MIN_WORK_PER_THREAD)
+    return min(max_threads, by_batch, by_chunk)
+
+
+@njit(**_jit)
+def update_share(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, block_sq, t,
+                 nt, sync, kb):
+    """Member t's part of one optimizer step: its t-th of the trainable elements, cut at
+    whole vectors (the update is elementwise, so any split gives the same numbers). The
+    clipping norm is summed by whole blocks, each by the member that holds its middle, in
+    update_all's block order. Returns the barrier count ``kb``, which clipping advances by
+    one (every member needs every block's sum)."""
+    nb = blocks.shape[0]
+    total = 0
+    for bi in range(nb):
+        total += blocks[bi, 1] - blocks[bi, 0]
+    gscale = 1.0
+    if clip_norm > 0.0:
+        acc = 0
+        for bi in range(nb):
+            n = blocks[bi, 1] - blocks[bi, 0]
+            if (acc + n // 2) * nt // total == t:
+                grad_sq_range(grad, blocks[bi, 0], blocks[bi, 1], block_sq, bi)
+            acc += n
+        kb += 1
+        barrier(sync, t, nt, kb)
+        sq = 0.0
+        for bi in range(nb):
+            sq += block_sq[bi]
+        gscale = min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+    consts = step_constants(opt, hyper, lr, step)
+    V = lanes(params)
+    lo = (t * total // nt) // V * V                      # in trainable-element coordinates
+    hi = total if t == nt - 1 else ((t + 1) * total // nt) // V * V
+    acc = 0
+    for bi in range(nb):
+        b_lo = blocks[bi, 0]
+        n = blocks[bi, 1] - b_lo
+        a = max(lo, acc)
+        b = min(hi, acc + n)
+        if a < b:
+            update_range(opt, params, grad, gscale, state, hyper, lr, consts,
+                         b_lo + a - acc, b_lo + b - acc)
+        acc += n
+    return kb
+
+
+@njit(**_jit)
+def chunk_steps(t, nt, sync, X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
+                poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt,
+                state, hyper, lrs, step, clip_norm, blocks, block_sq, losses, drop, seed):
+    """Member t of a team of nt trains the chunk (train_chunk's contract; nt = 1: alone).
+
+    Per batch: each member carries its row slice forward and back to the deltas, then
+    (barrier) the members split the weight gradients by output columns, then (barrier) the
+    optimizer step by parameter blocks, then (barrier) the next batch may read the new
+    weights. Every element of the gradient and every update is computed the same way
+    whatever nt is, so the weights do not depend on it; only the loss sums' order does.
+    Returns train_chunk's count, or -1 for a member that left the rest to another."""
+    n_out = sizes[sizes.shape[0] - 1]
+    n_batches = (stop - start + batch_size - 1) // batch_size
+    kb = 1                              # team_start was barrier 1
+    waited = 0                          # cycles at barriers since ``since``
+    since = cycles()
+    for k in range(n_batches):
+        b0 = start + k * batch_size
+        rows = min(batch_size, stop - b0)
+        ns = min(nt, max(1, rows // MIN_ROWS_PER_THREAD))   # a short last batch: fewer
+        if k + 1 < n_batches:   # this member's rows of the next batch, on their way
+            nrows = min(batch_size, stop - b0 - batch_size)
+            nn = min(nt, max(1, nrows // MIN_ROWS_PER_THREAD))
+            if t < nn:
+                nb0 = b0 + batch_size
+                prefetch_rows(X, perm, nb0 + t * nrows // nn, nb0 + (t + 1) * nrows // nn)
+        if t < ns:
+            slice_loss_grad(X, Y, row_w, perm, b0, t * rows // ns, (t + 1) * rows // ns,
+                            loss_scale(loss, rows, n_out), params, sizes, acts, poff, coff,
+                            trainable, lowest, loss, batch_size, Zbuf, Abuf, Dbuf, grad, drop,
+                            seed, step + k + 1, tloss[t], nt == 1)
+        if nt > 1:
+            kb += 1
+            waited += barrier(sync, t, nt, kb)
+            weight_grad_part(params, sizes, poff, coff, trainable, lowest, batch_size, rows,
+                             Abuf, Dbuf, grad, t, nt)
+        total = 0.0
+        metric = 0.0
+        for u in range(ns):
+            total += tloss[u, 0]
+            metric += tloss[u, 1]
+        if t == 0:
+            losses[k, 0] = total
+            losses[k, 1] = metric
+        if not math.isfinite(total):   # every member sees the same total: all stop here
+            return k
+        if nt > 1:
+            kb += 1
+            waited += barrier(sync, t, nt, kb)
+        kb = update_share(opt, params, grad, clip_norm, state, hyper, lrs[k], step + k + 1,
+                          blocks, block_sq, t, nt, sync, kb)
+        if nt > 1:
+            if (k + 1) % TEAM_CHECK_STEPS == 0:
+                # Waiting more than working: another member is not getting its core (another
+                # process, a stolen virtual CPU). The member that waited, whose core is
+                # free, trains the rest of the chunk alone, with the same numbers.
+                now = cycles()
+                if 2 * waited > now - since:
+                    compare_exchange(sync, SOLO_OWNER, 0, t + 1)
+                waited = 0
+                since = now
+            kb += 1
+            waited += barrier(sync, t, nt, kb)
+            owner = atomic_load(sync, SOLO_OWNER)
+            if owner > 0:
+                if owner != t + 1:
+                    return -1
+                t = 0
+                nt = 1
+    return n_batches
+
+
+@njit(parallel=True, **_jit)
 def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts, poff, coff,
                 trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt, state, hyper,
-                lrs, step, clip_norm, blocks, block_sq, losses, drop, seed):
+                lrs, step, clip_norm, blocks, block_sq, losses, drop, seed, sync):
     """Train on the mini-batches of ``perm[start:stop]``, one optimizer step each.
 
     Batch k covers perm[start + k*batch_size : ...] (the last may be partial; its loss is
@@ -662,25 +816,39 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
     and ``losses[k, 1]`` its summed row metric (see ``row_metric``). ``drop``/``seed``:
     per-layer dropout rates and the fit's dropout seed. Stops before updating on a
     non-finite loss. Returns the number of steps applied.
+
+    Up to tloss.shape[0] threads share the chunk as one team in one parallel region
+    (``sync``: its int64 words, kernels.sync.sync_words of them); a chunk too small to
+    pay for waking them runs in the calling thread.
     """
-    n_out = sizes[sizes.shape[0] - 1]
     n_batches = (stop - start + batch_size - 1) // batch_size
-    work = 3 * forward_macs(sizes)      # forward, delta and weight-gradient products
-    for k in range(n_batches):
-        b0 = start + k * batch_size
-        rows = min(batch_size, stop - b0)
-        nt = n_slices(rows, tloss.shape[0], work)
-        loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, loss_scale(loss, rows, n_out),
-                         params, sizes, acts, poff, coff, trainable, lowest, loss, batch_size,
-                         Zbuf, Abuf, Dbuf, grad, drop, seed, step + k + 1, tloss)
-        total = tloss[0, 0]
-        losses[k, 0] = total
-        losses[k, 1] = tloss[0, 1]
-        if not math.isfinite(total):
-            return k
-        update_all(opt, params, grad, clip_norm, state, hyper, lrs[k], step + k + 1,
-                   blocks, block_sq)
-    return n_batches
+    nt = team_threads(min(batch_size, stop - start), n_batches, tloss.shape[0],
+                      3 * forward_macs(sizes))
+    for i in range(sync.shape[0]):
+        sync[i] = 0
+    if nt == 1:
+        return chunk_steps(0, 1, sync, X, Y, row_w, perm, start, stop, batch_size, params,
+                           sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf,
+                           grad, tloss, opt, state, hyper, lrs, step, clip_norm, blocks,
+                           block_sq, losses, drop, seed)
+    done = result_slot(sync)
+    for i in prange(nt):
+        t = np.int64(i)      # mixed with the int64 0 below, an unsigned index would be float
+        mode = team_start(sync, t, nt, TEAM_PATIENCE_CYCLES)
+        if mode == MODE_TEAM or mode == MODE_SOLO + t:
+            solo = mode != MODE_TEAM
+            me = 0
+            size = 1
+            if not solo:
+                me = t
+                size = nt
+            n = chunk_steps(me, size, sync, X, Y, row_w, perm,
+                            start, stop, batch_size, params, sizes, acts, poff, coff,
+                            trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt, state,
+                            hyper, lrs, step, clip_norm, blocks, block_sq, losses, drop, seed)
+            if n >= 0:   # every member still there returns the same count
+                atomic_store(sync, done, n)
+    return sync[done]
 
 
 @njit(parallel=True, **_jit)

@@ -27,7 +27,7 @@ per-call overhead lose at every size measured; kernels.tuning has the numbers.
 from numba import carray, njit
 
 from .simd import (VEC_BYTES, at, lanes, prefetch, stack_buffer, vfma, vload_part, vrelu,
-                   vsplat, vstore, vstore_part)
+                   vsplat, vstore, vstore_part, vtranspose)
 
 _jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
@@ -214,10 +214,17 @@ def _pack(B, ldb, transb, P, j0, n, k0, k1):
     ``transb`` (the input delta's W^T, transposed on the way in)."""
     V = lanes(P)
     if transb:
-        # Down each row of B (contiguous reads), across P: 1.0-1.3x the other order.
+        # Whole V x V blocks transposed in registers; the columns and rows left over
+        # element by element, down each row of B (contiguous reads).
+        kv = k0 + (k1 - k0) // V * V
+        nv = n // V * V
+        for cb in range(0, nv, V):
+            src = (j0 + cb) * ldb
+            for k in range(k0, kv, V):
+                vtranspose(B, src + k, ldb, P, (k - k0) * 2 * V + cb, 2 * V)
         for c in range(n):
             src = (j0 + c) * ldb
-            for k in range(k0, k1):
+            for k in range(kv if c < nv else k0, k1):
                 P[(k - k0) * 2 * V + c] = at(B, src + k)
         for c in range(n, 2 * V):
             for k in range(k0, k1):

@@ -272,3 +272,42 @@ def prefetch(typingctx, arr, index):
                           ir.Constant(_i32, 1)])
         return context.get_dummy_value()
     return types.void(arr, index), codegen
+
+
+@intrinsic
+def vtranspose(typingctx, src, s0, lds, dst, d0, ldd):
+    """dst.flat[d0 + c*ldd + r] = src.flat[s0 + r*lds + c] for r, c < lanes: one square
+    block, transposed in registers (a scalar copy moves one element a cycle; this moves a
+    block of 256 float32 in about 64 two-source shuffles). Each stage swaps the
+    off-diagonal sub-blocks of half the size of the last: lanes/2, ..., 1."""
+    vt = Vector(src.dtype)
+
+    def codegen(context, builder, sig, args):
+        vty = context.get_value_type(vt)
+        L = vt.lanes
+        align = src.dtype.bitwidth // 8
+        s0_, lds_ = args[1], args[2]
+        rows = []
+        for r in range(L):
+            idx = builder.add(s0_, builder.mul(lds_, ir.Constant(lds_.type, r)))
+            rows.append(builder.load(_address(context, builder, sig.args[0], args[0], idx,
+                                              vty), align=align))
+        b = L // 2
+        while b >= 1:
+            lo = ir.Constant(ir.VectorType(_i32, L),
+                             [e if e & b == 0 else L + e - b for e in range(L)])
+            hi = ir.Constant(ir.VectorType(_i32, L),
+                             [e + b if e & b == 0 else L + e for e in range(L)])
+            for i in range(L):
+                if i & b == 0:
+                    x, y = rows[i], rows[i + b]
+                    rows[i] = builder.shuffle_vector(x, y, lo)
+                    rows[i + b] = builder.shuffle_vector(x, y, hi)
+            b //= 2
+        d0_, ldd_ = args[4], args[5]
+        for c in range(L):
+            idx = builder.add(d0_, builder.mul(ldd_, ir.Constant(ldd_.type, c)))
+            builder.store(rows[c], _address(context, builder, sig.args[3], args[3], idx, vty),
+                          align=align)
+        return context.get_dummy_value()
+    return types.void(src, s0, lds, dst, d0, ldd), codegen

@@ -52,6 +52,20 @@ else:
 MIN_ROWS_PER_THREAD = 8
 MIN_WORK_PER_THREAD = 4_000_000
 
+# Training runs each chunk of batches as one team of threads in one parallel region, which
+# meet at spin barriers (kernels.sync) three times a batch: ~50 ns each between the two
+# cores measured. A batch is shared when each member gets at least this many
+# multiply-adds of it (and the chunk MIN_WORK_PER_THREAD, for the wake-up).
+TEAM_MIN_WORK_PER_THREAD = 100_000
+# Cycles (x86: TSC ticks) a member waits for the others to arrive before it claims the
+# chunk and trains it alone; a pool thread normally wakes in 50-150 us.
+TEAM_PATIENCE_CYCLES = 20_000_000
+# Every this many batches each member checks how long it waited at the barriers: more than
+# half the time, and the rest of the chunk runs on its thread alone.
+TEAM_CHECK_STEPS = 16
+# After a chunk whose team broke up, this many chunks (~0.1-0.2 s each) run on one thread.
+TEAM_BACKOFF_CHUNKS = 8
+
 # Elements of the flat parameter vector per task of the optimizer pass, and the trainable
 # size below which that pass runs on one thread.
 UPDATE_BLOCK = 16384
