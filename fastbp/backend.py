@@ -6,6 +6,7 @@ An engine trains chunks of mini-batches in single compiled calls. The CUDA engin
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,9 +17,9 @@ from numba import get_num_threads
 
 from .errors import ConfigError
 from .kernels import cpu
-from .kernels.sync import team_broke_up
+from .kernels.sync import ran_as_team, team_broke_up
 from .kernels.tuning import (PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
-                             PREDICT_TILE_MIN_ROWS, TEAM_BACKOFF_CHUNKS)
+                             PREDICT_TILE_MIN_ROWS)
 from .validation import require_finite
 from .workspace import Workspace
 
@@ -101,12 +102,56 @@ class FitSession:
         self.__dict__.update(kw)
 
 
+class ThreadPolicy:
+    """Team or one thread for the chunks of one batch size, by measured time per batch.
+
+    A team pays for moving each step's parameters and rows between cores, and waits for a
+    member whose core is busy elsewhere; whether that beats one thread depends on the
+    machine and its load at the time, not only on the shape (measured on one 2-core
+    virtual machine: the same narrow net's team ran 0.85x to 2x the time of one thread
+    from one minute to the next). So both are timed: the team first, then one thread,
+    then whichever was faster over its last few chunks, trying the other again every
+    PROBE_EVERY chunks."""
+
+    PROBE_EVERY = 8
+    KEEP = 3
+    MIN_BATCHES = 8   # shorter chunks (a fit's first, which sizes the others) are mostly
+                      # fixed costs: not timed
+
+    def __init__(self):
+        self.times = {True: [], False: []}
+        self.chunks = 0
+        self.undecided = True   # no team formed yet: the kernel decides by size alone
+
+    def choose(self):
+        if self.undecided or not self.times[True]:
+            return True
+        if not self.times[False]:
+            return False
+        best = min((True, False), key=lambda team: float(np.median(self.times[team])))
+        if self.chunks % self.PROBE_EVERY == self.PROBE_EVERY - 1:
+            return not best
+        return best
+
+    def record(self, team_ran, per_batch, team_chosen):
+        """``team_ran``: a team trained the chunk (or began it); ``team_chosen``: the team
+        was allowed. A chunk the kernel ran on one thread by its size rule says nothing."""
+        if team_chosen and not team_ran:
+            return
+        self.undecided = False
+        self.chunks += 1
+        kept = self.times[team_ran]
+        kept.append(per_batch)
+        del kept[:-self.KEEP]
+
+
 class CPUEngine:
     name = "cpu"
 
     def __init__(self, model):
         self.model = model
         self._local = threading.local()
+        self._policies = {}   # batch size -> ThreadPolicy, kept across fits
 
     # -- training ---------------------------------------------------------------------
     def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
@@ -121,26 +166,26 @@ class CPUEngine:
                           trainable=trainable, lowest=int(np.flatnonzero(trainable)[0]),
                           blocks=(blocks := m.layout.update_blocks(trainable)),
                           block_sq=np.zeros(len(blocks)), seed=dropout_seed,
-                          per_batch_s=None, step_done=0, solo_chunks=0)
+                          per_batch_s=None, step_done=0)
 
     def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, out):
         """Batches of perm[start:stop]; out[k] = [loss, metric sum]; returns steps applied.
 
-        A chunk whose team broke up (a member's core was busy elsewhere, see
-        kernels.sync) is followed by TEAM_BACKOFF_CHUNKS chunks on one thread; then the
-        team is tried again. Either way the weights come out the same."""
+        Whether a team of threads or one thread trains the chunk is chosen by measured
+        time per batch (``ThreadPolicy``); either way the weights come out the same."""
         m, lay, ws = self.model, self.model.layout, s.ws
-        tloss = ws.tloss
-        if s.solo_chunks > 0:
-            s.solo_chunks -= 1
-            tloss = ws.tloss[:1]
+        policy = self._policies.setdefault(s.batch_size, ThreadPolicy())
+        team = policy.choose()
+        t0 = time.perf_counter()
         done = cpu.train_chunk(s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, m._params,
                                lay.sizes, m._acts, lay.poff, lay.coff, s.trainable, s.lowest,
-                               m._loss_code, ws.Z, ws.A, ws.D, ws.grad, tloss,
-                               s.optimizer.code, s.state, s.hyper, lrs, step, clip_norm,
-                               s.blocks, s.block_sq, out, m._drop, s.seed, ws.sync)
-        if team_broke_up(ws.sync):
-            s.solo_chunks = TEAM_BACKOFF_CHUNKS
+                               m._loss_code, ws.Z, ws.A, ws.D, ws.grad,
+                               ws.tloss if team else ws.tloss[:1], s.optimizer.code, s.state,
+                               s.hyper, lrs, step, clip_norm, s.blocks, s.block_sq, out,
+                               m._drop, s.seed, ws.sync)
+        if done >= policy.MIN_BATCHES:
+            policy.record(ran_as_team(ws.sync) or (team and team_broke_up(ws.sync)),
+                          (time.perf_counter() - t0) / done, team)
         return done
 
     # -- data-parallel steps (fastbp.distributed): every buffer is in host memory --------

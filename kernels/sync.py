@@ -170,6 +170,11 @@ def team_start(sync, t, nt, patience):
         spin_pause()
 
 
+def ran_as_team(sync):
+    """Whether the last chunk run on ``sync`` was trained by a team to its end."""
+    return bool(sync[mode_slot(sync)] == MODE_TEAM and sync[SOLO_OWNER] == 0)
+
+
 def team_broke_up(sync):
     """Whether the last chunk run on ``sync`` ended up on one thread although a team was
     formed for it (read from Python, after the run)."""

@@ -63,8 +63,6 @@ TEAM_PATIENCE_CYCLES = 20_000_000
 # Every this many batches each member checks how long it waited at the barriers: more than
 # half the time, and the rest of the chunk runs on its thread alone.
 TEAM_CHECK_STEPS = 16
-# After a chunk whose team broke up, this many chunks (~0.1-0.2 s each) run on one thread.
-TEAM_BACKOFF_CHUNKS = 8
 
 # Elements of the flat parameter vector per task of the optimizer pass, and the trainable
 # size below which that pass runs on one thread.

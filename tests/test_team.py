@@ -116,3 +116,23 @@ def test_team_start_never_waits_for_a_member_that_does_not_run():
     sync[1 * STRIDE] = 1                   # member 1 is already there
     assert team_start(sync, 0, 2, 10 ** 12) == MODE_TEAM
     assert not team_broke_up(sync)
+
+
+def test_thread_policy_times_both_and_keeps_the_faster():
+    from fastbp.backend import ThreadPolicy
+    p = ThreadPolicy()
+    assert p.choose() is True                   # nothing measured: the team
+    p.record(False, 1.0, True)                  # the kernel ran it alone by size: no data
+    assert p.choose() is True
+    p.record(True, 2.0, True)                   # the team: 2 s a batch
+    assert p.choose() is False                  # then one thread, once
+    p.record(False, 1.0, False)
+    choices = []
+    for _ in range(2 * ThreadPolicy.PROBE_EVERY):
+        team = p.choose()
+        choices.append(team)
+        p.record(team, 2.0 if team else 1.0, team)
+    assert choices.count(False) > choices.count(True) >= 1   # faster kept, other re-tried
+    for _ in range(ThreadPolicy.KEEP):          # the machine changes: one thread slows
+        p.record(False, 5.0, False)
+    assert p.choose() is True
