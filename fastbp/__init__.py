@@ -9,11 +9,11 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and \
         _os.path.isfile(_os.path.join(_os.path.dirname(_here), "kernels", "__init__.py")):
     __path__.append(_os.path.dirname(_here))
 
-# Numba's OpenMP threads meet at a barrier twice per mini-batch. GOMP's default spin-wait
-# burns the cores while waiting, and on a loaded machine (other processes, CI, notebooks)
-# the spinning threads starve the working ones: measured 45x slower on 2 busy cores.
-# Passive waiting costs little when idle. Set before numba starts its thread pool; a
-# user's own setting wins.
+# Numba's OpenMP pool threads wait between parallel regions (one per chunk of training
+# batches, one per inference block). GOMP's default spin-wait burns the cores while
+# waiting, and on a loaded machine (other processes, CI, notebooks) the spinning threads
+# starve the working ones: measured 45x slower on 2 busy cores. Passive waiting costs
+# little when idle. Set before numba starts its thread pool; a user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import callbacks, schedules
 from .callbacks import Callback, History
