@@ -170,13 +170,16 @@ def team_start(sync, t, nt, patience):
         spin_pause()
 
 
+# From Python, after a run, in plain NumPy: calling the compiled mode_slot would box its
+# argument (one runtime allocation per call, which tests/test_allocations counts).
+
 def ran_as_team(sync):
     """Whether the last chunk run on ``sync`` was trained by a team to its end."""
-    return bool(sync[mode_slot(sync)] == MODE_TEAM and sync[SOLO_OWNER] == 0)
+    return bool(sync[len(sync) - STRIDE] == MODE_TEAM and sync[SOLO_OWNER] == 0)
 
 
 def team_broke_up(sync):
     """Whether the last chunk run on ``sync`` ended up on one thread although a team was
-    formed for it (read from Python, after the run)."""
-    mode = sync[mode_slot(sync)]
+    formed for it."""
+    mode = sync[len(sync) - STRIDE]
     return bool(mode >= MODE_SOLO or (mode == MODE_TEAM and sync[SOLO_OWNER] > 0))
