@@ -17,7 +17,7 @@ from numba import get_num_threads
 
 from .errors import ConfigError
 from .kernels import cpu
-from .kernels.sync import ran_as_team, team_broke_up
+from .kernels.sync import team_tried
 from .kernels.tuning import (PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
                              PREDICT_TILE_MIN_ROWS)
 from .validation import require_finite
@@ -134,8 +134,8 @@ class ThreadPolicy:
         return best
 
     def record(self, team_ran, per_batch, team_chosen):
-        """``team_ran``: a team trained the chunk (or began it); ``team_chosen``: the team
-        was allowed. A chunk the kernel ran on one thread by its size rule says nothing."""
+        """``team_ran``: a team was formed for the chunk (whether or not it ended alone);
+        ``team_chosen``: the team was allowed. A chunk the kernel ran on one thread by its size rule says nothing."""
         if team_chosen and not team_ran:
             return
         self.undecided = False
@@ -147,6 +147,7 @@ class ThreadPolicy:
 
 class CPUEngine:
     name = "cpu"
+    checks_in_pass = True   # forward(check=True) checks X for NaN/inf inside the pass
 
     def __init__(self, model):
         self.model = model
@@ -184,8 +185,7 @@ class CPUEngine:
                                s.hyper, lrs, step, clip_norm, s.blocks, s.block_sq, out,
                                m._drop, s.seed, ws.sync)
         if done >= policy.MIN_BATCHES:
-            policy.record(ran_as_team(ws.sync) or (team and team_broke_up(ws.sync)),
-                          (time.perf_counter() - t0) / done, team)
+            policy.record(team_tried(ws.sync), (time.perf_counter() - t0) / done, team)
         return done
 
     # -- data-parallel steps (fastbp.distributed): every buffer is in host memory --------

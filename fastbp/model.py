@@ -13,7 +13,7 @@ from .kernels.cpu import loss_sum
 from .optimizers import get_optimizer
 from .progress import Progress
 from .validation import (check_choice, check_dtype, check_number, check_positive_int,
-                         check_sample_weight, check_targets, check_X)
+                         check_sample_weight, check_targets, check_X, require_finite)
 from .workspace import Layout, aligned_zeros
 
 INITS = ("auto", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
@@ -494,7 +494,11 @@ class MLP:
     # ------------------------------------------------------------------- inference
     def _forward(self, X, n_layers=None, pre_activation=False, out=None, check=False):
         """The first ``n_layers`` layers on X into ``out``; ``check``: X has not been checked
-        for NaN/inf yet (the engine does it, and raises DataError)."""
+        for NaN/inf yet (the engine does it inside its pass where it can, else here first;
+        DataError either way)."""
+        if check and not self._engine.checks_in_pass:
+            require_finite(X, "X")
+            check = False
         n_layers = self.layout.n_layers if n_layers is None else n_layers
         width = self.sizes[n_layers]
         if out is None:

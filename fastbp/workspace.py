@@ -92,5 +92,5 @@ class Workspace:
         self.D = aligned_zeros(size, self.dtype)
         self.grad = aligned_zeros(layout.n_params, self.dtype)
         self.tloss = np.zeros((self.n_threads, 2), dtype=np.float64)   # [loss, metric]
-        self.sync = np.zeros(sync_words(self.n_threads), dtype=np.int64)   # the team's
+        self.sync = np.zeros(sync_words(self.n_threads), dtype=np.int64)   # team barriers
 

@@ -541,9 +541,10 @@ def update_range(opt, params, grad, gscale, state, hyper, lr, consts, lo, hi):
 
     ``hyper`` per optimizer: SGD [momentum, nesterov, weight_decay]; Adam/AdamW
     [beta1, beta2, eps, weight_decay, decoupled]; RMSprop [alpha, eps, momentum, weight_decay].
-    ``consts``: the step's ``step_constants``. Every constant is cast to the parameters' dtype first, so a float32 model updates in
-    float32 (as torch does), and the arrays are sliced to [lo, hi) so the loops index from
-    0: both are needed for LLVM to vectorise them (10x measured). State slots are touched
+    ``consts``: the step's ``step_constants``. Every constant is cast to the parameters'
+    dtype first, so a float32 model updates in float32 (as torch does), and the arrays are
+    sliced to [lo, hi) so the loops index from 0: both are needed for LLVM to vectorise
+    them (10x measured). State slots are touched
     only when the optimizer owns them.
     """
     T = params.dtype.type
@@ -606,6 +607,17 @@ def grad_sq_range(grad, lo, hi, block_sq, bi):
     block_sq[bi] = s
 
 
+@njit(**_jit)
+def clip_scale(clip_norm, block_sq):
+    """torch.nn.utils.clip_grad_norm_'s coefficient, max_norm / (norm + 1e-6) clamped to 1,
+    from the blocks' squared norms summed in block order (the same sum however many
+    threads made the parts)."""
+    sq = 0.0
+    for bi in range(block_sq.shape[0]):
+        sq += block_sq[bi]
+    return min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+
+
 @njit(parallel=True, **_jit)
 def update_all(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, block_sq):
     """Clip the gradient's global norm if asked, then one optimizer step over every
@@ -626,10 +638,7 @@ def update_all(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, blo
         else:
             for bi in prange(nblocks):
                 grad_sq_range(grad, blocks[bi, 0], blocks[bi, 1], block_sq, bi)
-        sq = 0.0
-        for bi in range(nblocks):
-            sq += block_sq[bi]
-        gscale = min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+        gscale = clip_scale(clip_norm, block_sq)
     consts = step_constants(opt, hyper, lr, step)
     if serial:
         for bi in range(nblocks):
@@ -741,10 +750,7 @@ def update_share(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, b
             acc += n
         kb += 1
         barrier(sync, t, nt, kb)
-        sq = 0.0
-        for bi in range(nb):
-            sq += block_sq[bi]
-        gscale = min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
+        gscale = clip_scale(clip_norm, block_sq)
     consts = step_constants(opt, hyper, lr, step)
     V = lanes(params)
     lo = (t * total // nt) // V * V                      # in trainable-element coordinates
@@ -868,12 +874,11 @@ def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
         t = np.int64(i)      # mixed with the int64 0 below, an unsigned index would be float
         mode = team_start(sync, t, nt, TEAM_PATIENCE_CYCLES)
         if mode == MODE_TEAM or mode == MODE_SOLO + t:
-            solo = mode != MODE_TEAM
-            me = 0
-            size = 1
-            if not solo:
-                me = t
-                size = nt
+            me = t
+            size = nt
+            if mode != MODE_TEAM:   # this member claimed the chunk: it runs it alone
+                me = 0
+                size = 1
             n = chunk_steps(me, size, sync, X, Y, row_w, perm,
                             start, stop, batch_size, params, sizes, acts, poff, coff,
                             trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt, state,

@@ -39,7 +39,6 @@ import math
 import numpy as np
 from numba import config, cuda
 
-from ..validation import require_finite
 from . import math as m
 
 # Tunables of the CUDA kernels.
@@ -1143,9 +1142,11 @@ class CudaEngine:
             s.params.copy_to_device(self.model._params)
 
     # -- inference and gradients ------------------------------------------------------
+    # The kernels have no NaN/inf check of their own: MLP._forward checks X on the host
+    # before calling (``check`` is always False here).
+    checks_in_pass = False
+
     def forward(self, X, n_layers, pre_activation, out, check=False):
-        if check:   # before the upload: the kernels have no NaN/inf check of their own
-            require_finite(X, "X")
         m_ = self.model
         lay = m_.layout
         L = lay.n_layers

@@ -173,9 +173,10 @@ def team_start(sync, t, nt, patience):
 # From Python, after a run, in plain NumPy: calling the compiled mode_slot would box its
 # argument (one runtime allocation per call, which tests/test_allocations counts).
 
-def ran_as_team(sync):
-    """Whether the last chunk run on ``sync`` was trained by a team to its end."""
-    return bool(sync[len(sync) - STRIDE] == MODE_TEAM and sync[SOLO_OWNER] == 0)
+def team_tried(sync):
+    """Whether a team was formed, or waited for, for the last chunk run on ``sync``; a
+    chunk the size rule ran on the calling thread leaves the mode word at MODE_WAITING."""
+    return bool(sync[len(sync) - STRIDE] != MODE_WAITING)
 
 
 def team_broke_up(sync):

@@ -464,6 +464,16 @@ def test_inference_matches_cpu(infer_path, monkeypatch):
     assert bool(launched) == (infer_path == "fused")
 
 
+def test_inference_refuses_nan_input_before_the_upload():
+    """The CUDA kernels check nothing: the model checks X on the host first."""
+    b = fastbp.MLP([4, 5, 3], seed=0, device="cuda")
+    X, _ = _data("cross_entropy", 3)
+    X[7, 2] = np.nan
+    for call in (b.predict, b.predict_proba):
+        with pytest.raises(fastbp.DataError, match="NaN"):
+            call(X)
+
+
 def test_trained_on_cuda_loads_on_cpu(tmp_path):
     X, y = _data("binary_cross_entropy", 2)
     b = fastbp.MLP([4, 5, 2], loss="binary_cross_entropy", seed=5, device="cuda")
