@@ -10,30 +10,40 @@ import pytest
 
 import fastbp
 from fastbp.kernels import cpu
+from fastbp import backend
 from fastbp.kernels.sync import (MODE_SOLO, MODE_TEAM, SOLO_OWNER, STRIDE, mode_slot, sync_words,
-                                 team_broke_up, team_start)
+                                 team_broke_up, team_start, team_tried)
 from fastbp.workspace import Workspace
 
+_choose = backend.ThreadPolicy.choose
 two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
                                  reason="needs two Numba threads")
 
 
 def _fit(threads, sizes, loss, X, y, **kw):
+    """(weights, epoch losses) of a fit on ``threads`` Numba threads; with more than one,
+    every chunk is offered to the team (not to the timing policy's pick) and it must form
+    for at least one."""
+    teams = []
+    backend.ThreadPolicy.choose = lambda self: True
+    backend.team_tried = lambda sync: teams.append(team_tried(sync)) or teams[-1]
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
         net = fastbp.MLP(sizes, loss=loss, seed=0, device="cpu",
                          dtype=kw.pop("dtype", "float32"), dropout=kw.pop("dropout", 0.0))
-        if kw.pop("freeze", False):
-            net.freeze(0)
+        net.freeze(kw.pop("freeze", []))
         hist = net.fit(X, y, verbose=0, **kw)
+        assert any(teams) == (threads > 1)
         return net.get_weights(), hist.history["loss"]
     finally:
         numba.set_num_threads(before)
+        backend.ThreadPolicy.choose = _choose
+        backend.team_tried = team_tried
 
 
 @two_threads
-@pytest.mark.parametrize("case", ["regression", "dropout_clip_frozen"])
+@pytest.mark.parametrize("case", ["regression", "dropout_clip_frozen", "fused_frozen_middle"])
 def test_a_team_gives_the_weights_of_one_thread_bitwise(case):
     rng = np.random.default_rng(0)
     if case == "regression":
@@ -42,14 +52,23 @@ def test_a_team_gives_the_weights_of_one_thread_bitwise(case):
         y = X[:, :4].sum(1)
         args = ([32, 64, 64, 1], "mse", X, y)
         kw = dict(epochs=2, batch_size=32, optimizer="adam", lr=1e-3)
-    else:
+    elif case == "dropout_clip_frozen":
         # float64, dropout, clipping, layer 0 frozen (the backward pass stops above it),
         # SGD with Nesterov momentum; the last batch has 10 rows, too few to split by rows
         X = rng.normal(size=(586, 30))
         y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 1)
         args = ([30, 64, 64, 3], "cross_entropy", X, y)
         kw = dict(epochs=2, batch_size=24, dtype="float64", dropout=0.2, clip_norm=0.5,
-                  freeze=True, optimizer=fastbp.SGD(0.05, momentum=0.9, nesterov=True))
+                  freeze=[0], optimizer=fastbp.SGD(0.05, momentum=0.9, nesterov=True))
+    else:
+        # Without clipping each member steps the gradient rows it made (update_part): 30
+        # inputs split 8 / 22 in 8-row blocks, a frozen middle layer that the deltas still
+        # cross, a 3-output head stepped whole by one member, RMSprop with momentum
+        X = rng.normal(size=(586, 30))
+        y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 1)
+        args = ([30, 64, 64, 3], "cross_entropy", X, y)
+        kw = dict(epochs=2, batch_size=24, dtype="float64", dropout=0.1, freeze=[1],
+                  optimizer=fastbp.RMSprop(0.01, momentum=0.5, weight_decay=1e-3))
     w1, l1 = _fit(1, *args, **dict(kw))
     w2, l2 = _fit(2, *args, **dict(kw))
     for a, b in zip(w1, w2):
