@@ -14,6 +14,7 @@ import numpy as np
 from .backend import single_threaded_blas
 from .callbacks import History, LearningRateScheduler, TerminateOnNaN
 from .errors import TrainingDivergedError
+from .kernels.shuffle import permutation
 from .progress import Progress
 
 # Python regains control after about this much compiled work (Ctrl-C, progress, callbacks).
@@ -154,8 +155,10 @@ def _run_epoch(model, plan, session, epoch, callbacks, progress, step_schedule):
     n = plan.X.shape[0]
     for cb in callbacks:
         cb.on_epoch_begin(epoch, {})
-    perm = model._rng.permutation(n) if plan.shuffle else np.arange(n)
-    perm = perm.astype(np.int64)
+    if plan.shuffle:
+        perm = permutation(n, int(model._rng.integers(0, 2 ** 63)))
+    else:
+        perm = np.arange(n, dtype=np.int64)
     snapshot = model._engine.snapshot(session)
     t0 = time.perf_counter()
     if plan.coll is None:
