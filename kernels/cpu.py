@@ -660,15 +660,6 @@ def grad_rows(n_in, t, nt):
 
 
 @njit(**_jit)
-def grad_rows(n_in, t, nt):
-    """Member t's rows [k0, k1) of a layer's weight gradient, in whole 8-row blocks (the
-    GEMM's micro-kernel): a contiguous span of the flat parameters, n_out per row."""
-    k0 = (t * n_in // nt) // 8 * 8
-    k1 = n_in if t == nt - 1 else ((t + 1) * n_in // nt) // 8 * 8
-    return k0, k1
-
-
-@njit(**_jit)
 def weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf, Dbuf, g,
                      t, nt):
     """Part ``t`` of ``nt`` of the weight gradients of a whole batch (every slice's deltas
