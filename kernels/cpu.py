@@ -818,9 +818,9 @@ def chunk_steps(t, nt, sync, X, Y, row_w, perm, start, stop, batch_size, params,
     optimizer step by parameter blocks, then (barrier) the next batch may read the new
     weights. Without clipping, each member steps the gradient spans it just made instead
     (``update_part``): one barrier fewer, and the gradient never leaves its core (narrow
-    net, team: 7.3 -> 6.4-6.9 ms an epoch). Every
-    element of the gradient and every update is computed the same way whatever nt is, so
-    the weights do not depend on it; only the loss sums' order does.
+    net, team: 7.3-7.7 -> 6.4-8.2 ms an epoch, mostly under 7). Every element of the
+    gradient and every update is computed the same way whatever nt is, so the weights do
+    not depend on it; only the loss sums' order does.
     Returns train_chunk's count, or -1 for a member that left the rest to another."""
     n_out = sizes[sizes.shape[0] - 1]
     n_batches = (stop - start + batch_size - 1) // batch_size
@@ -832,7 +832,7 @@ def chunk_steps(t, nt, sync, X, Y, row_w, perm, start, stop, batch_size, params,
         rows = min(batch_size, stop - b0)
         ns = min(nt, max(1, rows // MIN_ROWS_PER_THREAD))   # a short last batch: fewer
         # Alone, the weight gradients come with the deltas, layer by layer, and one pass
-        # steps every block (measured on the narrow net: 5% faster than the team's order).
+        # steps every block: on the narrow net 5% faster than update_part's order.
         fuse = nt > 1 and clip_norm == 0.0
         if k + 1 < n_batches:   # this member's rows of the next batch, on their way
             nrows = min(batch_size, stop - b0 - batch_size)

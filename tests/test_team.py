@@ -25,8 +25,13 @@ def _fit(threads, sizes, loss, X, y, **kw):
     every chunk is offered to the team (not to the timing policy's pick) and it must form
     for at least one."""
     teams = []
+
+    def recorded(sync):
+        teams.append(team_tried(sync))
+        return teams[-1]
+
     backend.ThreadPolicy.choose = lambda self: True
-    backend.team_tried = lambda sync: teams.append(team_tried(sync)) or teams[-1]
+    backend.team_tried = recorded
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
