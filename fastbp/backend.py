@@ -135,7 +135,8 @@ class ThreadPolicy:
 
     def record(self, team_ran, per_batch, team_chosen):
         """``team_ran``: a team was formed for the chunk (whether or not it ended alone);
-        ``team_chosen``: the team was allowed. A chunk the kernel ran on one thread by its size rule says nothing."""
+        ``team_chosen``: the team was allowed. A chunk the kernel ran on one thread by its
+        size rule says nothing."""
         if team_chosen and not team_ran:
             return
         self.undecided = False

@@ -11,9 +11,9 @@ CACHE_LINE = 64
 
 def aligned_zeros(shape, dtype):
     """Zeros whose data starts on a cache line (NumPy guarantees 16 bytes). The training
-    team's members write neighbouring rows and column ranges of these buffers; cut at
-    whole vectors, their spans then never share a line (a line that two cores both write
-    moves back and forth between them), and no vector load straddles two lines."""
+    team's members write neighbouring rows and spans of these buffers; spans cut at whole
+    vectors then never share a line (a line that two cores both write moves back and
+    forth between them), and no vector load straddles two lines."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape))
     raw = np.zeros(n * dtype.itemsize + CACHE_LINE, dtype=np.uint8)

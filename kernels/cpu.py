@@ -13,9 +13,9 @@ Layout shared by every kernel (built by ``fastbp.workspace``):
   last layer a forward pass runs: its Z rows are stale.
 * ``grad``: the flat gradient; ``tloss`` (T, 2): per-thread [loss, metric] sums, whose T
   rows bound how many threads share a batch. Each thread carries its row slice forward
-  and back to the deltas, then the threads split the batch's weight gradients by output
-  columns into ``grad`` (disjoint spans, no locks), and the optimizer pass updates the
-  parameters in one sweep.
+  and back to the deltas, then the threads split the batch's weight gradients by rows of
+  gW into ``grad`` (disjoint spans, no locks), and the optimizer step updates the
+  parameters (see ``chunk_steps``).
 
 No kernel allocates: every array is a view of a buffer passed in. Kernels do no bounds
 checks; the façade validates shapes and labels before calling them.
@@ -176,12 +176,13 @@ def dense_forward(A, W, b, Z, relu):
 
 
 @njit(**_jit_fast)
-def bias_grad(D, gb, c0, c1):
-    """gb[c0:c1] = column sums of D[:, c0:c1]  (overwrites)."""
-    for j in range(c0, c1):
+def bias_grad(D, gb):
+    """gb = column sums of D  (overwrites)."""
+    n = D.shape[1]
+    for j in range(n):
         gb[j] = 0
     for i in range(D.shape[0]):
-        for j in range(c0, c1):
+        for j in range(n):
             gb[j] += D[i, j]
 
 
@@ -190,7 +191,7 @@ def dense_weight_grad(A, D, gW, gb):
     """gW = A^T @ D, gb = column sums of D  (overwrites, never accumulates)."""
     rows, n_in = A.shape
     n_out = D.shape[1]
-    bias_grad(D, gb, 0, n_out)
+    bias_grad(D, gb)
     if gemm_weight_grad(n_in, n_out):
         gemm(flat(A), 1, n_in, flat(D), n_out, False, flat(gW), n_out, gb, n_in, n_out, rows,
              ASSIGN)
@@ -544,8 +545,7 @@ def update_range(opt, params, grad, gscale, state, hyper, lr, consts, lo, hi):
     ``consts``: the step's ``step_constants``. Every constant is cast to the parameters'
     dtype first, so a float32 model updates in float32 (as torch does), and the arrays are
     sliced to [lo, hi) so the loops index from 0: both are needed for LLVM to vectorise
-    them (10x measured). State slots are touched
-    only when the optimizer owns them.
+    them (10x measured). State slots are touched only when the optimizer owns them.
     """
     T = params.dtype.type
     gs = T(gscale)
@@ -651,45 +651,49 @@ def update_all(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, blo
 
 
 @njit(**_jit)
-def grad_rows(n_in, t, nt):
-    """Member t's rows [k0, k1) of a layer's weight gradient, in whole 8-row blocks (the
-    GEMM's micro-kernel): a contiguous span of the flat parameters, n_out per row."""
-    k0 = (t * n_in // nt) // 8 * 8
-    k1 = n_in if t == nt - 1 else ((t + 1) * n_in // nt) // 8 * 8
-    return k0, k1
+def grad_share(n_in, n_out, l, t, nt):
+    """Member t's share (of nt) of layer l's weight gradient, and of its optimizer step:
+    rows [k0, k1) of gW (a contiguous span of the flat parameters, n_out per row) and, if
+    ``with_bias``, the bias. A layer that goes through kernels.gemm is split in whole
+    8-row blocks (its micro-kernel's), the bias to the last member; any other (BLAS, a
+    regression head) goes whole to one member, layers dealt round-robin. The one rule
+    that both weight_grad_part and update_part follow, so each member steps exactly the
+    spans it made."""
+    if gemm_weight_grad(n_in, n_out):
+        k0 = (t * n_in // nt) // 8 * 8
+        k1 = n_in if t == nt - 1 else ((t + 1) * n_in // nt) // 8 * 8
+        return k0, k1, t == nt - 1
+    if l % nt == t:
+        return 0, n_in, True
+    return 0, 0, False
 
 
 @njit(**_jit)
 def weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf, Dbuf, g,
                      t, nt):
     """Part ``t`` of ``nt`` of the weight gradients of a whole batch (every slice's deltas
-    are in Dbuf). A layer that goes through kernels.gemm is split by rows of gW (inputs),
-    in whole 8-row blocks (``grad_rows``), its bias by the last part; any other layer (BLAS
-    or a regression head) is done whole by one part, layers dealt round-robin. Each part
-    writes disjoint, contiguous spans of g: the ones ``update_part`` steps."""
-    L = sizes.shape[0] - 1
-    whole = 0
-    for l in range(L - 1, lowest - 1, -1):
+    are in Dbuf), as ``grad_share`` deals them. Each part writes disjoint, contiguous
+    spans of g."""
+    for l in range(sizes.shape[0] - 2, lowest - 1, -1):
         if not trainable[l]:
             continue
         n_in = sizes[l]
         n_out = sizes[l + 1]
         o = poff[l]
         nw = n_in * n_out
+        k0, k1, with_bias = grad_share(n_in, n_out, l, t, nt)
         A = layer_rows(Abuf, B, coff, l, 0, rows, n_in)
         D = layer_rows(Dbuf, B, coff, l + 1, 0, rows, n_out)
         gb = g[o + nw: o + nw + n_out]
-        if gemm_weight_grad(n_in, n_out):
-            k0, k1 = grad_rows(n_in, t, nt)
-            if k1 > k0:
-                gemm(flat(A)[k0:], 1, n_in, flat(D), n_out, False, g[o + k0 * n_out:], n_out,
-                     gb, k1 - k0, n_out, rows, ASSIGN)
-            if t == nt - 1:
-                bias_grad(D, gb, 0, n_out)
-        else:
-            if whole % nt == t:
+        if not gemm_weight_grad(n_in, n_out):
+            if with_bias:
                 dense_weight_grad(A, D, g[o: o + nw].reshape(n_in, n_out), gb)
-            whole += 1
+            continue
+        if k1 > k0:
+            gemm(flat(A)[k0:], 1, n_in, flat(D), n_out, False, g[o + k0 * n_out:], n_out,
+                 gb, k1 - k0, n_out, rows, ASSIGN)
+        if with_bias:
+            bias_grad(D, gb)
 
 
 @njit(**_jit)
@@ -700,27 +704,19 @@ def update_part(opt, params, g, state, hyper, lr, consts, sizes, poff, trainable
     the gradient, no barrier before it, nothing read from another core. Only where
     nothing needs the whole gradient first (no clipping); the update is elementwise, so
     the numbers are those of update_all."""
-    L = sizes.shape[0] - 1
-    whole = 0
-    for l in range(L - 1, lowest - 1, -1):
+    for l in range(sizes.shape[0] - 2, lowest - 1, -1):
         if not trainable[l]:
             continue
-        n_in = sizes[l]
         n_out = sizes[l + 1]
         o = poff[l]
-        nw = n_in * n_out
-        if gemm_weight_grad(n_in, n_out):
-            k0, k1 = grad_rows(n_in, t, nt)
-            if k1 > k0:
-                update_range(opt, params, g, 1.0, state, hyper, lr, consts, o + k0 * n_out,
-                             o + k1 * n_out)
-            if t == nt - 1:
-                update_range(opt, params, g, 1.0, state, hyper, lr, consts, o + nw,
-                             o + nw + n_out)
-        else:
-            if whole % nt == t:
-                update_range(opt, params, g, 1.0, state, hyper, lr, consts, o, o + nw + n_out)
-            whole += 1
+        nw = sizes[l] * n_out
+        k0, k1, with_bias = grad_share(sizes[l], n_out, l, t, nt)
+        if k1 > k0:
+            update_range(opt, params, g, 1.0, state, hyper, lr, consts, o + k0 * n_out,
+                         o + k1 * n_out)
+        if with_bias:
+            update_range(opt, params, g, 1.0, state, hyper, lr, consts, o + nw,
+                         o + nw + n_out)
 
 
 @njit(parallel=True, **_jit)
@@ -761,7 +757,7 @@ def team_threads(rows, n_batches, max_threads, work):
     (a team, see kernels.sync): each gets at least TEAM_MIN_WORK_PER_THREAD multiply-adds
     of every batch (what pays for the barriers) and MIN_WORK_PER_THREAD of the chunk (what
     pays for waking the team). Not bounded by rows: a batch too short to split by rows is
-    still split by weight-gradient columns and parameter blocks."""
+    still split by rows of the weight gradients and by parameter spans."""
     by_batch = max(1, rows * work // TEAM_MIN_WORK_PER_THREAD)
     by_chunk = max(1, n_batches * rows * work // MIN_WORK_PER_THREAD)
     return min(max_threads, by_batch, by_chunk)

@@ -53,9 +53,9 @@ MIN_ROWS_PER_THREAD = 8
 MIN_WORK_PER_THREAD = 4_000_000
 
 # Training runs each chunk of batches as one team of threads in one parallel region, which
-# meet at spin barriers (kernels.sync) three times a batch: ~50 ns each between the two
-# cores measured. A batch is shared when each member gets at least this many
-# multiply-adds of it (and the chunk MIN_WORK_PER_THREAD, for the wake-up).
+# meet at spin barriers (kernels.sync) twice a batch (four times when clipping): ~50 ns
+# each between the two cores measured. A batch is shared when each member gets at least
+# this many multiply-adds of it (and the chunk MIN_WORK_PER_THREAD, for the wake-up).
 TEAM_MIN_WORK_PER_THREAD = 100_000
 # Cycles (x86: TSC ticks) a member waits for the others to arrive before it claims the
 # chunk and trains it alone; a pool thread normally wakes in 50-150 us.
