@@ -5,6 +5,7 @@ An engine trains chunks of mini-batches in single compiled calls. The CUDA engin
 """
 import logging
 import os
+import statistics
 import threading
 import time
 from contextlib import contextmanager
@@ -18,8 +19,8 @@ from numba import get_num_threads
 from .errors import ConfigError
 from .kernels import cpu
 from .kernels.sync import team_tried
-from .kernels.tuning import (PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
-                             PREDICT_TILE_MIN_ROWS)
+from .kernels.tuning import (KEEP_WORKSPACE_BYTES, PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES,
+                             PREDICT_TILE_BYTES, PREDICT_TILE_MIN_ROWS)
 from .validation import require_finite
 from .workspace import Workspace
 
@@ -64,13 +65,18 @@ _blas_controller = None
 
 
 @contextmanager
-def single_threaded_blas():
+def single_threaded_blas(needed=True):
     """Numba threads call BLAS from each thread: one BLAS thread each avoids oversubscription.
 
     The controller (a scan of the loaded libraries) is made once: rescanning on every call
-    cost more than predicting a few thousand rows.
+    cost more than predicting a few thousand rows. ``needed=False`` (no BLAS call can
+    happen) skips the limit: setting and restoring it took 0.15-0.25 ms of each fit with
+    cold caches.
     """
     global _blas_controller
+    if not needed:
+        yield
+        return
     if _blas_controller is None:
         try:
             from threadpoolctl import ThreadpoolController
@@ -128,7 +134,8 @@ class ThreadPolicy:
             return True
         if not self.times[False]:
             return False
-        best = min((True, False), key=lambda team: float(np.median(self.times[team])))
+        # statistics, not NumPy: np.median of three numbers took 20-50 us with cold caches
+        best = min((True, False), key=lambda team: statistics.median(self.times[team]))
         if self.chunks % self.PROBE_EVERY == self.PROBE_EVERY - 1:
             return not best
         return best
@@ -154,21 +161,66 @@ class CPUEngine:
         self.model = model
         self._local = threading.local()
         self._policies = {}   # batch size -> ThreadPolicy, kept across fits
+        self._kept_ws = None  # (key, Workspace) of the last fit, see _workspace
+        self._blas_rule = {}  # batch size -> calls_blas
+        self._trainable_plans = {}   # trainable flags' bytes -> _trainable_plan()
+        self.batch_seconds = {}   # batch size -> last measured seconds per batch (training)
+
+    def calls_blas(self, batch_size):
+        """Whether training at ``batch_size`` can call BLAS: a layer whose weight gradient
+        or input delta misses kernels.gemm's size rule and meets use_blas's. Whatever is
+        frozen (freezing changes between fits) and however a team slices the rows (fewer
+        rows never turn BLAS on)."""
+        rule = self._blas_rule.get(batch_size)
+        if rule is None:
+            sizes = [int(n) for n in self.model.layout.sizes]
+            rule = any(cpu.use_blas(batch_size, n_in, n_out) and
+                       not (cpu.gemm_weight_grad(n_in, n_out) and
+                            cpu.gemm_input_delta(n_in, n_out))
+                       for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+            self._blas_rule[batch_size] = rule
+        return rule
 
     # -- training ---------------------------------------------------------------------
     def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
         """Buffers for the fit; ``state`` is the optimizer's flat state, updated in place."""
         m = self.model
-        ws = Workspace(m.layout, batch_size, m.dtype)
+        ws = self._workspace(batch_size)
         # Kernels index the row buffers by batch_size without bounds checks.
         assert batch_size <= X.shape[0] and ws.Z.shape[0] >= batch_size * m.layout.row_width
-        trainable = m._trainable.astype(np.int64)
+        trainable, lowest, blocks, block_sq = self._trainable_plan()
         return FitSession(X=X, Y=Y, row_w=row_w, ws=ws, batch_size=batch_size,
                           optimizer=optimizer, hyper=optimizer.hyper(), state=state,
-                          trainable=trainable, lowest=int(np.flatnonzero(trainable)[0]),
-                          blocks=(blocks := m.layout.update_blocks(trainable)),
-                          block_sq=np.zeros(len(blocks)), seed=dropout_seed,
-                          per_batch_s=None, step_done=0)
+                          trainable=trainable, lowest=lowest, blocks=blocks,
+                          block_sq=block_sq, seed=dropout_seed, step_done=0)
+
+    def _trainable_plan(self):
+        """(trainable flags as int64, lowest trainable layer, update blocks, their
+        clipping scratch) for the model's current freezing, made once per pattern."""
+        flags = self.model._trainable
+        key = flags.tobytes()
+        plan = self._trainable_plans.get(key)
+        if plan is None:
+            trainable = flags.astype(np.int64)
+            blocks = self.model.layout.update_blocks(trainable)
+            plan = (trainable, int(np.flatnonzero(trainable)[0]), blocks,
+                    np.zeros(len(blocks)))
+            self._trainable_plans[key] = plan
+        return plan
+
+    def _workspace(self, batch_size):
+        """The fit's buffers: the last fit's when they match and are small. Making them
+        took 30-120 us of each fit, a tenth of the fixed cost of a narrow net's epoch; the
+        kernels overwrite every row before they read it, so old contents do not matter.
+        Large ones are not kept, to hold no memory between fits that a wide net would
+        notice."""
+        m = self.model
+        key = (m.layout, batch_size, m.dtype, get_num_threads())
+        if self._kept_ws is not None and self._kept_ws[0] == key:
+            return self._kept_ws[1]
+        ws = Workspace(m.layout, batch_size, m.dtype)
+        self._kept_ws = (key, ws) if ws.nbytes <= KEEP_WORKSPACE_BYTES else None
+        return ws
 
     def run_chunk(self, s, perm, start, stop, lrs, step, clip_norm, out):
         """Batches of perm[start:stop]; out[k] = [loss, metric sum]; returns steps applied.

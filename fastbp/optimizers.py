@@ -4,6 +4,7 @@ An optimizer object holds hyperparameters only. ``init_state(n_params, dtype)`` 
 flat state slots; the compiled kernel applies ``update`` in place over the flat parameter
 vector (see ``kernels/math.py`` for the per-element rules).
 """
+import math
 import numbers
 
 import numpy as np
@@ -21,14 +22,14 @@ def _number(name, value):
 
 def _positive(name, value):
     value = _number(name, value)
-    if not np.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
     return value
 
 
 def _non_negative(name, value):
     value = _number(name, value)
-    if not np.isfinite(value) or value < 0:
+    if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
     return value
 

@@ -4,8 +4,10 @@ import numbers
 import numpy as np
 
 from .errors import ConfigError, DataError, DataTypeError
+from .kernels.finite import all_finite
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+FLOAT_KINDS = (np.dtype(np.float32), np.dtype(np.float64))   # all_finite's compiled types
 
 
 def check_dtype(dtype):
@@ -35,19 +37,18 @@ def _as_array(a, name):
 
 
 def require_finite(arr, name):
-    # A finite sum proves every element finite without a boolean temporary the size of X;
-    # only when it is not (NaN/inf, or a huge but finite overflow) look element by element.
-    # The sum is taken in the array's own dtype: casting float32 to float64 on the way
-    # made it 2.5x slower (28.6 vs 11.4 ms for 60000 x 784), for fewer overflows only.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if arr.dtype.kind == "f" and np.isfinite(arr.sum()):
+    """DataError naming how many elements of ``arr`` are NaN or infinite, if any."""
+    if arr.dtype in FLOAT_KINDS and arr.flags.c_contiguous:
+        # Compiled, without a temporary; only a failing array is looked at again below.
+        if all_finite(arr.reshape(-1)):
             return
-    if not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        rng = " (values beyond float32's range become inf: rescale them)" \
-            if arr.dtype == np.float32 else ""
-        raise DataError(f"{name} contains {bad} NaN or infinite value(s){rng}; remove or "
-                        f"impute them before calling fastbp")
+    elif np.isfinite(arr).all():
+        return
+    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    rng = " (values beyond float32's range become inf: rescale them)" \
+        if arr.dtype == np.float32 else ""
+    raise DataError(f"{name} contains {bad} NaN or infinite value(s){rng}; remove or "
+                    f"impute them before calling fastbp")
 
 
 def check_X(X, dtype, n_features=None, name="X", finite=True):

@@ -94,3 +94,7 @@ class Workspace:
         self.tloss = np.zeros((self.n_threads, 2), dtype=np.float64)   # [loss, metric]
         self.sync = np.zeros(sync_words(self.n_threads), dtype=np.int64)   # team barriers
 
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in (self.Z, self.A, self.D, self.grad, self.tloss, self.sync))
+

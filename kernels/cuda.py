@@ -771,6 +771,11 @@ class CudaEngine:
         self._no_stop = cuda.to_device(np.zeros(1, dtype=np.int64))
         self._no_perm = cuda.to_device(np.zeros(1, dtype=np.int64))
         self._active = None
+        self.batch_seconds = {}   # batch size -> last measured seconds per batch (training)
+
+    def calls_blas(self, batch_size):
+        """Training runs on the GPU: no host BLAS call to limit."""
+        return False
 
     # -- the network, batch by batch, queued on the default stream -----------------------
     def _forward_layers(self, d_params, X, perm, gather, b0, rows, bufs, n_layers, drop,
@@ -845,7 +850,7 @@ class CudaEngine:
             bufs=RowBuffers(lay.sizes, min(batch_size, n), m_.dtype),
             perm=cuda.device_array(n, np.int64), perm_host=None,
             out=cuda.device_array((cap, 2), np.float64), sq=cuda.device_array(cap, np.float64),
-            status=cuda.to_device(np.zeros(1, np.int64)), per_batch_s=None, step_done=0,
+            status=cuda.to_device(np.zeros(1, np.int64)), step_done=0,
             active=True)
         s.fused = self._begin_fused(s)
         self._active = s

@@ -17,16 +17,14 @@ import pytest
 
 CHILD = textwrap.dedent(r"""
     import json
-    import sys
     import numpy as np
     import fastbp
+    import fastbp.training
     from numba.core.runtime import rtsys
 
-    # Fewest compiled calls per epoch (the chunk size is otherwise timed); the count of
-    # calls is measured below either way.
-    for mod in list(sys.modules.values()):
-        if getattr(mod, "__name__", "").startswith("fastbp") and hasattr(mod, "CHUNK_SECONDS"):
-            mod.CHUNK_SECONDS = 1e9
+    # Chunks of a fixed 7 batches (they are otherwise sized by time), so that every fit
+    # but the 1-batch one makes several compiled calls; the calls are counted below.
+    fastbp.training.chunk_batches = lambda per_batch_s: 7
 
     class CountChunks(fastbp.Callback):
         def __init__(self):

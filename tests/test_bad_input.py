@@ -348,10 +348,26 @@ def test_single_row_single_feature_and_lists():
     assert one.evaluate([[1, 2, 3]], [[0.5]])["loss"] >= 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_finite_check_finds_every_bad_value(dtype):
+    """kernels.finite.all_finite (a vectorised sum of x * 0): one NaN, +inf or -inf at any
+    position, the vector loop's or its remainder's, is found; extreme finite values (the
+    largest, the smallest subnormal, -0.0) are not mistaken for one."""
+    from fastbp.kernels.finite import all_finite
+    info = np.finfo(dtype)
+    a = np.tile(np.array([info.max, -info.max, info.smallest_subnormal, -0.0, 1.5],
+                         dtype=dtype), 11)[:53]
+    assert all_finite(a)
+    for bad in (np.nan, np.inf, -np.inf):
+        for i in range(a.shape[0]):
+            b = a.copy()
+            b[i] = bad
+            assert not all_finite(b), (bad, i)
+
+
 def test_finite_check_survives_an_overflowing_sum():
-    """Finiteness is proven by a sum in the data's dtype; huge but finite float32 values
-    overflow that sum, and must still be accepted (checked element by element), while one
-    inf among them is still reported."""
+    """Huge but finite float32 values, whose plain sum overflows to inf, are accepted,
+    while one inf among them is reported."""
     from fastbp.validation import check_X
     X = np.full((50, 3), 3e37, dtype=np.float32)
     with np.errstate(over="ignore"):
