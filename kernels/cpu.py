@@ -1009,24 +1009,28 @@ def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Ab
                  pre_activation, max_slices, tile, check, bad):
     """Rows of X through the first ``n_layers`` layers, the result into ``out``.
 
-    ``pre_activation`` selects Z (logits) instead of A for the last layer run. Works in
-    blocks of B rows, each block split over threads, each thread's rows in tiles of ``tile``.
+    ``pre_activation`` selects Z (logits) instead of A for the last layer run. The rows
+    are split over threads in one parallel region; each thread carries its share through
+    in tiles of at most ``tile`` rows that reuse its part of the B scratch rows. (Blocks of
+    B rows, a region each, paid a region's start per block: two for 20,000 rows of a
+    narrow net, dozens for a wide one.)
     ``check``: set bad[0] = 1 if X holds a NaN or inf (``out`` is then meaningless).
     """
     n = X.shape[0]
     no_drop = np.zeros(sizes.shape[0] - 1)
-    macs = forward_macs(sizes)
-    for b0 in range(0, n, B):
-        rows = min(B, n - b0)
-        nt = n_slices(rows, max_slices, macs)
-        if nt == 1:   # no parallel region for small blocks (single-row calls, say)
-            forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
-                          out, pre_activation, b0, 0, rows, tile, no_drop, check, bad)
-            continue
-        for t in prange(nt):
-            forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
-                          out, pre_activation, b0, t * rows // nt, (t + 1) * rows // nt, tile,
-                          no_drop, check, bad)
+    nt = n_slices(n, min(max_slices, B), forward_macs(sizes))
+    if nt == 1:   # no parallel region for small inputs (single-row calls, say)
+        forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
+                      out, pre_activation, 0, 0, n, min(tile, B), no_drop, check, bad)
+        return
+    for i in prange(nt):
+        t = np.int64(i)
+        lo = t * n // nt
+        s = t * B // nt             # this thread's scratch rows: s .. s + cap
+        cap = (t + 1) * B // nt - s
+        forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
+                      out, pre_activation, lo - s, s, s + (t + 1) * n // nt - lo,
+                      min(tile, cap), no_drop, check, bad)
 
 
 @njit(parallel=True, **_jit)
