@@ -97,4 +97,3 @@ class Workspace:
     @property
     def nbytes(self):
         return sum(a.nbytes for a in (self.Z, self.A, self.D, self.grad, self.tloss, self.sync))
-

@@ -1,8 +1,9 @@
 """Whether every element of an array is finite, in one vectorised pass.
 
-A fit checks its inputs for NaN/inf every time it is called. For a narrow net that check
-was a tenth of an epoch: NumPy's float32 sum of 20,000 x 32 values took 96 us, this loop
-28 us (``np.isfinite(X).all()``: 45 us and a boolean temporary the size of X).
+A fit checks its inputs for NaN/inf every time it is called, one of the larger fixed costs
+of refitting a narrow net: for 20,000 x 32 float32 values NumPy's sum (a finite sum
+proves every element finite) took 96 us, ``np.isfinite(X).all()`` 45 us and a boolean
+temporary the size of X, this loop 28 us.
 """
 from numba import njit
 
