@@ -89,7 +89,8 @@ def single_threaded_blas(needed=True):
 
 
 def predict_block_rows(layout, dtype):
-    """Rows per inference block: Z and A scratch within PREDICT_SCRATCH_BYTES."""
+    """Scratch rows of inference, shared out among its threads (see
+    cpu.forward_into): Z and A within PREDICT_SCRATCH_BYTES."""
     per_row = 2 * layout.row_width * np.dtype(dtype).itemsize
     return max(PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES // per_row)
 

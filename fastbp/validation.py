@@ -7,7 +7,7 @@ from .errors import ConfigError, DataError, DataTypeError
 from .kernels.finite import all_finite
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-FLOAT_KINDS = (np.dtype(np.float32), np.dtype(np.float64))   # all_finite's compiled types
+ALL_FINITE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))   # compiled all_finite's
 
 
 def check_dtype(dtype):
@@ -38,7 +38,7 @@ def _as_array(a, name):
 
 def require_finite(arr, name):
     """DataError naming how many elements of ``arr`` are NaN or infinite, if any."""
-    if arr.dtype in FLOAT_KINDS and arr.flags.c_contiguous:
+    if arr.dtype in ALL_FINITE_DTYPES and arr.flags.c_contiguous:
         # Compiled, without a temporary; only a failing array is looked at again below.
         if all_finite(arr.reshape(-1)):
             return

@@ -73,8 +73,9 @@ UPDATE_PARALLEL_MIN = 1_000_000   # measured: 2 threads lose below ~1M (0.17 vs 
 # the same model and batch size (a narrow net's are ~30 KB; a wide one's at batch 1024 ~30 MB).
 KEEP_WORKSPACE_BYTES = 4 * 2 ** 20
 
-# Inference works in blocks of rows whose Z and A scratch fits this many bytes: large blocks
-# amortise the start of a parallel region (narrow nets get ~13k rows, wide ones ~700).
+# Inference scratch: Z and A rows within this many bytes (narrow nets get ~13k rows, wide
+# ones ~700), shared out among the threads of its one parallel region; each thread tiles
+# its rows through its part, so this bounds the threads' tiles, not a region's rows.
 PREDICT_SCRATCH_BYTES = 16 * 2 ** 20
 PREDICT_MIN_ROWS = 256
 
