@@ -52,6 +52,8 @@ ASSIGN, ASSIGN_BIAS, ACCUMULATE = 0, 1, 2
 ASSIGN_BIAS_RELU = 3
 # 8-row micro-kernels where 32 vector registers hold their 16 accumulators (AVX-512).
 ROWS8 = VEC_BYTES == 64
+# Rows of C one call of the widest micro-kernel makes.
+BLOCK_ROWS = 8 if ROWS8 else 4
 
 
 @njit(**_jit)

@@ -180,6 +180,23 @@ def test_large_predict_matches_reference_across_blocks_and_tiles(monkeypatch):
     np.testing.assert_allclose(net.transform(X, 1), expected[1][2], rtol=1e-12)
 
 
+def test_inference_tiles_are_even_and_no_more_than_needed():
+    """A thread's rows go through in as few tiles as the scratch allows, of even size: a
+    short last tile (2 rows after three of 170) costs a whole pass over the weights."""
+    from fastbp.kernels.cpu import even_tile
+    from fastbp.kernels.gemm import BLOCK_ROWS
+    for tile in (1, 7, 8, 37, 128, 170, 256):
+        for rows in range(1, 1100, 3):
+            S = even_tile(rows, tile)
+            n_tiles = -(-rows // S)
+            last = rows - (n_tiles - 1) * S
+            assert 1 <= S <= tile and n_tiles == -(-rows // tile), (rows, tile, S)
+            assert last >= S - n_tiles * BLOCK_ROWS, (rows, tile, S, last)
+            if S < rows and S % BLOCK_ROWS:   # whole row blocks wherever they fit
+                assert -(-S // BLOCK_ROWS) * BLOCK_ROWS > tile, (rows, tile, S)
+    assert even_tile(512, 170) == 128 and even_tile(340, 170) == 170
+
+
 def test_one_row_fit_with_matching_batch_size():
     x = np.array([[0.5, -1.0, 2.0, 0.1]])
     net = fastbp.MLP([4, 8, 3], dtype="float64", device="cpu")
