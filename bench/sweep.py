@@ -1,6 +1,6 @@
 """Where does fastbp win or lose against PyTorch? A sampled sweep of MLP shapes.
 
-    python bench/sweep.py [--quick] [--rows N] [--reps 3] [--json out.json]
+    python bench/sweep.py [--quick] [--rows N] [--reps 5] [--json out.json]
                           [--widths 16,64,...] [--depths 1,2,...] [--batches 16,64,...]
 
 For every configuration (hidden width, number of hidden layers, batch size) it trains a
@@ -13,8 +13,8 @@ every GEMM of a configuration.
 
 The full grid is sampled, not exhaustive: widths 16..2048, 1..6 hidden layers, batches
 16..1024 would be 9 x 6 x 7 = 378 runs; instead every width is crossed with every batch at
-depth 2, and every depth with every batch at widths 64 and 512 (about 100 configurations,
-~10 minutes on 2 cores). ``--quick`` runs a dozen small configurations (~1 minute).
+depth 2, and every depth with every batch at widths 64 and 512 (112 configurations,
+about 6 minutes on 2 cores). ``--quick`` runs a dozen small configurations (~1 minute).
 Rows per configuration are chosen so that an epoch is a fixed amount of work (capped at
 --rows), so wide layers do not take minutes.
 """
@@ -78,7 +78,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a dozen small configurations")
     p.add_argument("--rows", type=int, default=20000, help="most rows per configuration")
-    p.add_argument("--reps", type=int, default=3, help="timed epochs per peer (median)")
+    p.add_argument("--reps", type=int, default=5, help="timed epochs per peer (median)")
     p.add_argument("--widths", help=f"comma-separated, default {','.join(map(str, WIDTHS))}")
     p.add_argument("--depths", help=f"comma-separated, default {','.join(map(str, DEPTHS))}")
     p.add_argument("--batches", help=f"comma-separated, default {','.join(map(str, BATCHES))}")
