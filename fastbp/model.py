@@ -644,6 +644,28 @@ class MLP:
         """Write weights and config to one .npz (no pickle); the write is atomic."""
         persistence.save(self, path)
 
+    def __getstate__(self):
+        """Everything but the engine (device buffers, compiled objects, thread-local
+        scratch), which unpickling builds afresh: pickle, copy.deepcopy, joblib and
+        multiprocessing carry the weights, the optimizer state and step (so a warm-started
+        fit goes on where it stopped), the shuffling generator, frozen layers and history."""
+        self._engine_sync()
+        state = dict(self.__dict__)
+        del state["_engine"]
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        for name in ("_params", "_opt_state"):
+            a = state.get(name)
+            if a is not None:   # on a cache line again, as the kernels' buffers are
+                state[name] = aligned_zeros(a.shape, a.dtype)
+                state[name][...] = a
+        self.__dict__.update(state)
+        # "auto" picks again where the model lands (a GPU model moves to a CPU-only host).
+        self.device = resolve_device(self.requested_device)
+        self._engine = make_engine(self, self.device)
+
 
 def load(path, device=None):
     """Read a model written by :meth:`MLP.save`."""

@@ -336,28 +336,6 @@ class _BaseMLP(BaseEstimator):
         X = self._validate_X(X, reset=False)
         return X
 
-    # -------------------------------------------------------------------- pickling
-    def __getstate__(self):
-        state = super().__getstate__()
-        model = state.get("model_")
-        if isinstance(model, MLP):
-            # Weights and config only: no engine, device buffers or compiled objects.
-            state = dict(state)
-            state["model_"] = {"config": model.get_config(), "weights": model.get_weights(),
-                               "trainable": model.trainable, "rng": model._rng}
-        return state
-
-    def __setstate__(self, state):
-        packed = state.get("model_")
-        if isinstance(packed, dict) and "config" in packed:
-            model = MLP(**packed["config"])
-            model.set_weights(packed["weights"])
-            model._trainable[:] = packed["trainable"]
-            model._rng = packed["rng"]
-            state = dict(state)
-            state["model_"] = model
-        super().__setstate__(state)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.device != "cpu"

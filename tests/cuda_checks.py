@@ -486,6 +486,18 @@ def test_trained_on_cuda_loads_on_cpu(tmp_path):
     np.testing.assert_array_equal(c.predict(X), b.predict(X))
 
 
+def test_pickled_model_comes_back_on_the_device_with_its_weights():
+    import pickle
+    X, y = _data("binary_cross_entropy", 2)
+    b = fastbp.MLP([4, 5, 2], loss="binary_cross_entropy", seed=5, device="cuda")
+    b.fit(X, y, epochs=1, batch_size=BATCH, optimizer="adam", lr=0.05)
+    c = pickle.loads(pickle.dumps(b))
+    assert c.device == "cuda" and c._opt_state is not None
+    for w, v in zip(c.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(w, v)
+    np.testing.assert_array_equal(c.predict_proba(X), b.predict_proba(X))
+
+
 # ------------------------------------------------------ real GPU only (too slow simulated)
 
 @pytest.mark.skipif(SIM, reason="wide layers are too slow under the simulator")
