@@ -27,6 +27,9 @@ pytest.importorskip("pytest_benchmark")
 import fastbp  # noqa: E402
 from fastbp.backend import single_threaded_blas  # noqa: E402
 from fastbp.kernels import cpu  # noqa: E402
+from fastbp.kernels.jit import entry_for  # noqa: E402
+
+update_all = entry_for(cpu.update_all)
 
 SHAPES = {
     # name: (sizes, batch size, loss, rows for forward / forward+backward, rows per epoch)
@@ -110,7 +113,7 @@ def test_adam_update(benchmark, case):
 
     def run():
         step[0] += 1
-        cpu.update_all(opt.code, params, grad, 0.0, state, hyper, opt.lr, step[0], blocks,
+        update_all(opt.code, params, grad, 0.0, state, hyper, opt.lr, step[0], blocks,
                        block_sq)
 
     run()

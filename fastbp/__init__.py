@@ -9,12 +9,6 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and \
         _os.path.isfile(_os.path.join(_os.path.dirname(_here), "kernels", "__init__.py")):
     __path__.append(_os.path.dirname(_here))
 
-# Numba's OpenMP pool threads wait between parallel regions (one per chunk of training
-# batches, one per inference block). GOMP's default spin-wait burns the cores while
-# waiting, and on a loaded machine (other processes, CI, notebooks) the spinning threads
-# starve the working ones: measured 45x slower on 2 busy cores. Passive waiting costs
-# little when idle. Set before numba starts its thread pool; a user's own setting wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import callbacks, schedules
 from .callbacks import Callback, History
 from .errors import (ConfigError, DataError, DataTypeError, ModelFileError, NotFittedError,
@@ -22,10 +16,11 @@ from .errors import (ConfigError, DataError, DataTypeError, ModelFileError, NotF
 from .model import MLP, load
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
 from .plotting import plot_history
+from .threads import get_num_threads, set_num_threads
 from .warmup import warmup
 
 __version__ = "0.1.0"
 
 __all__ = ["MLP", "load", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "History",
-           "Callback", "warmup", "plot_history", "callbacks", "schedules", "ConfigError", "DataError", "DataTypeError",
+           "Callback", "warmup", "get_num_threads", "set_num_threads", "plot_history", "callbacks", "schedules", "ConfigError", "DataError", "DataTypeError",
            "ModelFileError", "NotFittedError", "TrainingDivergedError", "__version__"]

@@ -14,13 +14,16 @@ import numpy as np
 # Load SciPy's BLAS (the one numba's np.dot calls) now, so that threadpoolctl sees it when
 # single_threaded_blas() first runs; loaded later, it would keep its own thread count.
 import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
-from numba import get_num_threads
 
+from . import precompile
 from .errors import ConfigError
 from .kernels import cpu
-from .kernels.sync import team_tried
-from .kernels.tuning import (KEEP_WORKSPACE_BYTES, PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES,
-                             PREDICT_TILE_BYTES, PREDICT_TILE_MIN_ROWS)
+from .kernels import math as km
+from .kernels.sync import members_joined, sync_words
+from .kernels.tuning import (KEEP_WORKSPACE_BYTES, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
+                             PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
+                             PREDICT_TILE_MIN_ROWS, TEAM_MIN_WORK_PER_THREAD)
+from .threads import POOL, get_num_threads
 from .validation import require_finite
 from .workspace import Workspace
 
@@ -88,9 +91,35 @@ def single_threaded_blas(needed=True):
         yield
 
 
+def forward_macs(layout):
+    """Multiply-adds of one row's forward pass."""
+    sizes = [int(n) for n in layout.sizes]
+    return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def team_size(rows, n_batches, max_threads, work):
+    """How many threads train a chunk of ``n_batches`` batches of ``rows`` rows together
+    (a team, see kernels.sync), ``work`` multiply-adds a row: each gets at least
+    TEAM_MIN_WORK_PER_THREAD multiply-adds of every batch (what pays for the barriers)
+    and MIN_WORK_PER_THREAD of the chunk (what pays for waking a thread). Not bounded by
+    rows: a batch too short to split by rows is still split by rows of the weight
+    gradients and by parameter spans."""
+    by_batch = max(1, rows * work // TEAM_MIN_WORK_PER_THREAD)
+    by_chunk = max(1, n_batches * rows * work // MIN_WORK_PER_THREAD)
+    return min(max_threads, by_batch, by_chunk)
+
+
+def split_size(rows, max_threads, work):
+    """How many threads share ``rows`` rows of ``work`` multiply-adds each (inference):
+    at least MIN_ROWS_PER_THREAD rows and MIN_WORK_PER_THREAD multiply-adds each."""
+    by_rows = max(1, rows // MIN_ROWS_PER_THREAD)
+    by_work = max(1, rows * work // MIN_WORK_PER_THREAD)
+    return min(max_threads, by_rows, by_work)
+
+
 def predict_block_rows(layout, dtype):
     """Scratch rows of inference, shared out among its threads (see
-    cpu.forward_into): Z and A within PREDICT_SCRATCH_BYTES."""
+    cpu.forward_tiles): Z and A within PREDICT_SCRATCH_BYTES."""
     per_row = 2 * layout.row_width * np.dtype(dtype).itemsize
     return max(PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES // per_row)
 
@@ -165,6 +194,7 @@ class CPUEngine:
         self._kept_ws = None  # (key, Workspace) of the last fit, see _workspace
         self._blas_rule = {}  # batch size -> calls_blas
         self._trainable_plans = {}   # trainable flags' bytes -> _trainable_plan()
+        self._syncs = []      # the teams' sync arrays, see _sync_array
         self.batch_seconds = {}   # batch size -> last measured seconds per batch (training)
 
     def calls_blas(self, batch_size):
@@ -175,9 +205,9 @@ class CPUEngine:
         rule = self._blas_rule.get(batch_size)
         if rule is None:
             sizes = [int(n) for n in self.model.layout.sizes]
-            rule = any(cpu.use_blas(batch_size, n_in, n_out) and
-                       not (cpu.gemm_weight_grad(n_in, n_out) and
-                            cpu.gemm_input_delta(n_in, n_out))
+            rule = any(cpu.use_blas.py_func(batch_size, n_in, n_out) and
+                       not (cpu.gemm_weight_grad.py_func(n_in, n_out) and
+                            cpu.gemm_input_delta.py_func(n_in, n_out))
                        for n_in, n_out in zip(sizes[:-1], sizes[1:]))
             self._blas_rule[batch_size] = rule
         return rule
@@ -186,6 +216,7 @@ class CPUEngine:
     def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
         """Buffers for the fit; ``state`` is the optimizer's flat state, updated in place."""
         m = self.model
+        precompile.start(m.dtype)   # a first run: inference compiles on another core
         ws = self._workspace(batch_size)
         # Kernels index the row buffers by batch_size without bounds checks.
         assert batch_size <= X.shape[0] and ws.Z.shape[0] >= batch_size * m.layout.row_width
@@ -230,17 +261,41 @@ class CPUEngine:
         time per batch (``ThreadPolicy``); either way the weights come out the same."""
         m, lay, ws = self.model, self.model.layout, s.ws
         policy = self._policies.setdefault(s.batch_size, ThreadPolicy())
-        team = policy.choose()
+        n_batches = -(-(stop - start) // s.batch_size)
+        size = team_size(min(s.batch_size, stop - start), n_batches, ws.n_threads,
+                         3 * forward_macs(lay))
+        team = size > 1 and policy.choose()
         t0 = time.perf_counter()
-        done = cpu.train_chunk(s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, m._params,
-                               lay.sizes, m._acts, lay.poff, lay.coff, s.trainable, s.lowest,
-                               m._loss_code, ws.Z, ws.A, ws.D, ws.grad,
-                               ws.tloss if team else ws.tloss[:1], s.optimizer.code, s.state,
-                               s.hyper, lrs, step, clip_norm, s.blocks, s.block_sq, out,
-                               m._drop, s.seed, ws.sync)
-        if done >= policy.MIN_BATCHES:
-            policy.record(team_tried(ws.sync), (time.perf_counter() - t0) / done, team)
+        done, sync = self._run_team(
+            cpu.train_chunk, size if team else 1, size,
+            (s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, 0.0, m._params, lay.sizes,
+             m._acts, lay.poff, lay.coff, s.trainable, s.lowest, m._loss_code, ws.Z, ws.A,
+             ws.D, ws.grad, ws.tloss, s.optimizer.code, s.state, s.hyper, lrs, step,
+             clip_norm, s.blocks, s.block_sq, out, m._drop, s.seed, ws.no_grads))
+        if done >= policy.MIN_BATCHES and size > 1:
+            policy.record(team and members_joined(sync) > 1,
+                          (time.perf_counter() - t0) / done, team)
         return done
+
+    def _run_team(self, fn, n_members, n_slices, args):
+        """``fn`` run by a team of ``n_members`` (the calling thread and pool threads) on a
+        zeroed sync array, the batches in ``n_slices`` slices; returns (member 0's result,
+        the sync array)."""
+        sync = self._sync_array(n_members)
+        return POOL.run(fn, n_members, (n_slices, sync) + args, shared=(sync,)), sync
+
+    def _sync_array(self, n_members):
+        """A zeroed sync array that no member of an earlier team still holds (one that
+        started late may still be leaving it)."""
+        ring = self._syncs
+        for i, sync in enumerate(ring):
+            if sync.shape[0] >= sync_words(n_members) and not POOL.busy_with(sync):
+                ring.append(ring.pop(i))   # least recently used first
+                sync[:] = 0
+                return sync
+        sync = np.zeros(sync_words(max(n_members, get_num_threads())), dtype=np.int64)
+        ring.append(sync)
+        return sync
 
     # -- data-parallel steps (fastbp.distributed): every buffer is in host memory --------
     def grad_buffer(self, s, on_device=False):
@@ -248,14 +303,41 @@ class CPUEngine:
         return np.zeros(self.model.n_params + 3, dtype=self.model.dtype)
 
     def batch_grads(self, s, perm, b0, rows, scale, step, G, flag=None):
-        """Gradient of one batch into G, and ``flag`` (if given) into G[P+2]; see
-        kernels.cpu.batch_grads."""
+        """Gradient of one batch (rows perm[b0:b0+rows]) into G[:P], its scaled loss sum
+        and metric sum into G[P] and G[P+1], ``flag`` (if given) into G[P+2]. ``scale`` is
+        set by the caller (1/global rows for a batch split over processes), so summing G
+        over processes gives the global batch's mean gradient. A process with no rows for
+        this step contributes zeros; only trainable ranges are written."""
         m, lay, ws = self.model, self.model.layout, s.ws
-        cpu.batch_grads(s.X, s.Y, s.row_w, perm, b0, rows, scale, m._params, lay.sizes,
-                        m._acts, lay.poff, lay.coff, s.trainable, s.lowest, m._loss_code, ws.Z,
-                        ws.A, ws.D, ws.grad, ws.tloss, s.blocks, m._drop, s.seed, step, G)
+        P = lay.n_params
+        for lo, hi in s.blocks:
+            G[lo:hi] = 0
+        G[P:P + 2] = 0
+        if rows:
+            losses = ws.losses[:1]
+            # The chunk numbers its one batch step + 1 (the dropout masks' key): step - 1.
+            self._gradient(s.X, s.Y, s.row_w, perm, b0, b0 + rows, rows, scale, s.trainable,
+                           s.lowest, ws, G[:P], losses, m._drop, s.seed, step - 1)
+            G[P] = losses[0, 0]
+            G[P + 1] = losses[0, 1]
         if flag is not None:
-            G[lay.n_params + 2] = flag
+            G[P + 2] = flag
+
+    def _gradient(self, X, Y, row_w, order, start, stop, block_rows, scale, trainable, lowest,
+                  ws, grads, losses, drop, seed, step):
+        """grads += the gradient of ``scale`` times the summed row losses of
+        order[start:stop], in blocks of ``block_rows`` (kernels.cpu.train_chunk with
+        GRADIENT_ONLY); losses[k] receives block k's [loss, metric sum]."""
+        m, lay = self.model, self.model.layout
+        n_blocks = -(-(stop - start) // block_rows)
+        size = team_size(min(block_rows, stop - start), n_blocks, ws.n_threads,
+                         3 * forward_macs(lay))
+        self._run_team(cpu.train_chunk, size, size,
+                       (X, Y, row_w, order, start, stop, block_rows, scale, m._params,
+                        lay.sizes, m._acts, lay.poff, lay.coff, trainable, lowest,
+                        m._loss_code, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
+                        cpu.GRADIENT_ONLY, ws.no_state, ws.no_hyper, ws.no_lrs, step, 0.0,
+                        ws.no_blocks, ws.no_hyper, losses, drop, seed, grads))
 
     def synchronize(self):
         """Nothing to wait for before MPI reads a buffer: the CPU kernels have returned."""
@@ -295,12 +377,22 @@ class CPUEngine:
         ~20 us a call. ``check``: X is checked for NaN/inf tile by tile while the pass
         reads it, and DataError raised after."""
         m, lay = self.model, self.model.layout
-        rows = min(predict_block_rows(lay, m.dtype), X.shape[0])
+        precompile.wait(m.dtype)
+        n = X.shape[0]
+        rows = min(predict_block_rows(lay, m.dtype), n)
         Z, A = self._inference_scratch(rows)
+        size = split_size(n, min(get_num_threads(), rows), forward_macs(lay))
+        # Tiles as the rows would fall to each thread in even shares, each share in even
+        # tiles of at most the tile size, in whole row blocks of the GEMM micro-kernel
+        # where that fits (a short tile costs a pass over every weight matrix).
+        tile = cpu.even_tile.py_func(-(-n // size),
+                                     min(predict_tile_rows(lay, m.dtype, n_layers),
+                                         rows // size))
+        work = np.zeros(2, dtype=np.int64)   # [next tile, tiles done]
         bad = np.zeros(1, dtype=np.int64)
-        cpu.forward_into(X, m._params, lay.sizes, m._acts, lay.poff, lay.coff, m._loss_code,
-                         n_layers, rows, Z, A, out, pre_activation, get_num_threads(),
-                         predict_tile_rows(lay, m.dtype, n_layers), check, bad)
+        POOL.run(cpu.forward_tiles, size,
+                 (X, m._params, lay.sizes, m._acts, lay.poff, lay.coff, m._loss_code,
+                  n_layers, rows, Z, A, out, pre_activation, tile, work, check, bad))
         if bad[0]:
             require_finite(X, "X")
         return out
@@ -319,16 +411,19 @@ class CPUEngine:
         return scratch[0][:need], scratch[1][:need]
 
     def loss_and_grads(self, X, Y, row_w):
+        """Mean loss over all rows of X and its gradient (every layer); no update."""
         m, lay = self.model, self.model.layout
-        ws = Workspace(lay, min(predict_block_rows(lay, m.dtype), X.shape[0]), m.dtype)
+        n = X.shape[0]
+        block = min(predict_block_rows(lay, m.dtype), n)
+        ws = Workspace(lay, block, m.dtype)
         grads = np.zeros(lay.n_params, dtype=m.dtype)
         every = np.ones(lay.n_layers, dtype=np.int64)
-        order = np.arange(X.shape[0], dtype=np.int64)
-        loss = cpu.accumulate_loss_grads(X, Y, row_w, order, m._params, lay.sizes, m._acts,
-                                         lay.poff, lay.coff, every, 0, m._loss_code,
-                                         ws.batch_rows, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
-                                         grads)
-        return float(loss), grads
+        order = np.arange(n, dtype=np.int64)
+        losses = np.zeros((-(-n // block), 2))
+        scale = km.loss_scale(m._loss_code, n, int(lay.sizes[-1]))
+        self._gradient(X, Y, row_w, order, 0, n, block, scale, every, 0, ws, grads, losses,
+                       ws.no_drop(lay), 0, 0)
+        return float(losses[:, 0].sum()), grads
 
 
 def make_engine(model, device):
@@ -349,10 +444,4 @@ def blas_info():
 
 
 def thread_info():
-    from numba import config, threading_layer
-    try:
-        layer = threading_layer()
-    except ValueError:
-        layer = f"not started ({config.THREADING_LAYER})"
-    return dict(numba_threads=get_num_threads(), threading_layer=layer,
-                cpu_count=os.cpu_count())
+    return dict(threads=get_num_threads(), cpu_count=os.cpu_count())

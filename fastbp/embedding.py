@@ -7,19 +7,20 @@ It is the training counterpart of :meth:`fastbp.MLP.compiled_predictor`: a simul
 an online-learning loop written with Numba can fit the network as it goes.
 """
 import numpy as np
-from numba import njit
 
 from .errors import ConfigError
 from .kernels.cpu import train_chunk
+from .kernels.jit import entry
+from .kernels.sync import sync_words
 from .optimizers import get_optimizer
 from .validation import check_positive_int
 from .workspace import Workspace
 
 
-@njit(cache=True, nogil=True)
+@entry
 def train_step(params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf,
                grad, tloss, opt, state, hyper, lr, step, clip_norm, blocks, block_sq, losses,
-               drop, seed, sync, perm, row_w, X, Y):
+               drop, seed, sync, perm, row_w, no_grads, X, Y):
     """One optimizer step on the rows of X (at most the trainer's batch size).
 
     ``Y``: (rows, n_out) targets of the model's dtype: one-hot rows for cross_entropy, 0/1
@@ -36,10 +37,13 @@ def train_step(params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, A
         raise ValueError("x_batch has the wrong number of columns")
     if Y.shape[0] != n or Y.shape[1] != n_out:
         raise ValueError("y_batch must have shape (rows of x_batch, n_outputs)")
-    done = train_chunk(X, Y, row_w, perm, 0, n, perm.shape[0], params, sizes, acts, poff,
-                       coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt,
-                       state, hyper, lr, step[0], clip_norm, blocks, block_sq, losses, drop,
-                       seed, sync)
+    for i in range(sync.shape[0]):
+        sync[i] = 0
+    # A team of one: the serial trainer, in the calling thread.
+    done = train_chunk(0, 1, 1, sync, X, Y, row_w, perm, 0, n, perm.shape[0], 0.0, params,
+                       sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf,
+                       grad, tloss, opt, state, hyper, lr, step[0], clip_norm, blocks,
+                       block_sq, losses, drop, seed, no_grads)
     step[0] += done
     return losses[0, 0]
 
@@ -61,8 +65,8 @@ def compiled_trainer(model, batch_size=64, optimizer="adam", lr=None, clip_norm=
     the learning rate ``args[16]`` and the step counter ``args[17]`` (both 1-element
     arrays you may read or change). ``x_batch``: C-contiguous (m, n_in) of the model's
     dtype with m <= batch_size; ``y_batch``: (m, n_out) targets of the model's dtype
-    (one-hot rows for cross_entropy). Calls run Numba's parallel kernel: make them from
-    serial code (not inside a ``prange`` loop) and one trainer per model at a time.
+    (one-hot rows for cross_entropy). Each call trains on the calling thread; use one
+    trainer per model at a time.
     """
     if model.device != "cpu":
         raise ConfigError("compiled_trainer needs a model on the CPU (device='cpu')")
@@ -83,6 +87,6 @@ def compiled_trainer(model, batch_size=64, optimizer="adam", lr=None, clip_norm=
             ws.tloss, opt.code, opt.init_state(model.n_params, model.dtype), opt.hyper(),
             np.array([opt.lr], dtype=np.float64), np.zeros(1, dtype=np.int64), clip,
             blocks, np.zeros(len(blocks)), np.zeros((1, 2), dtype=np.float64), model._drop,
-            int(model._rng.integers(0, 2 ** 31 - 1)), ws.sync, np.arange(bs, dtype=np.int64),
-            np.ones(bs, dtype=np.float64))
+            int(model._rng.integers(0, 2 ** 31 - 1)), np.zeros(sync_words(1), dtype=np.int64),
+            np.arange(bs, dtype=np.int64), np.ones(bs, dtype=np.float64), ws.no_grads)
     return train_step, args

@@ -1,9 +1,8 @@
 """Layout of the flat parameter vector and the buffers one fit reuses for every batch."""
 import numpy as np
-from numba import get_num_threads
 
-from .kernels.sync import sync_words
 from .kernels.tuning import UPDATE_BLOCK
+from .threads import get_num_threads
 
 
 CACHE_LINE = 64
@@ -78,8 +77,9 @@ class Layout:
 
 
 class Workspace:
-    """Row buffers for ``batch_rows`` rows, the gradient, per-thread loss sums (their rows
-    bound how many threads share a batch) and the training team's sync words, made once."""
+    """Row buffers for ``batch_rows`` rows, the gradient and per-thread loss sums (their rows
+    bound how many threads share a batch), made once; and the empty arrays that stand for
+    the optimizer's when kernels.cpu.train_chunk only adds up gradients."""
 
     def __init__(self, layout, batch_rows, dtype, n_threads=None):
         self.layout = layout
@@ -92,8 +92,17 @@ class Workspace:
         self.D = aligned_zeros(size, self.dtype)
         self.grad = aligned_zeros(layout.n_params, self.dtype)
         self.tloss = np.zeros((self.n_threads, 2), dtype=np.float64)   # [loss, metric]
-        self.sync = np.zeros(sync_words(self.n_threads), dtype=np.int64)   # team barriers
+        self.losses = np.zeros((1, 2), dtype=np.float64)
+        self.no_grads = np.zeros(0, dtype=self.dtype)
+        self.no_state = np.zeros((0, 0), dtype=self.dtype)
+        self.no_hyper = np.zeros(0, dtype=np.float64)
+        self.no_lrs = self.no_hyper
+        self.no_blocks = np.zeros((0, 2), dtype=np.int64)
+
+    @staticmethod
+    def no_drop(layout):
+        return np.zeros(layout.n_layers, dtype=np.float64)
 
     @property
     def nbytes(self):
-        return sum(a.nbytes for a in (self.Z, self.A, self.D, self.grad, self.tloss, self.sync))
+        return sum(a.nbytes for a in (self.Z, self.A, self.D, self.grad, self.tloss))

@@ -20,32 +20,30 @@ Layout shared by every kernel (built by ``fastbp.workspace``):
 No kernel allocates: every array is a view of a buffer passed in. Kernels do no bounds
 checks; the façade validates shapes and labels before calling them.
 """
-import hashlib
 import math
 
 import numpy as np
-from numba import njit, prange
 
 from . import math as m
 from .gemm import ASSIGN, ASSIGN_BIAS, ASSIGN_BIAS_RELU, BLOCK_ROWS, gemm
+from .jit import entry, kernel
 from .simd import lanes, prefetch, vexp, vload_part, vstore_part
-from .sync import (MODE_SOLO, MODE_TEAM, SOLO_OWNER, atomic_load, atomic_store, barrier,
-                   compare_exchange, cycles, result_slot, team_start)
+from .sync import (PLAN_BATCH, PLAN_DONE, atomic_load, await_batch, barrier, claim, cycles,
+                   done_with, fetch_add, lead_batch, lead_finish, plan_slot, popcount,
+                   popcount_below, spin_pause)
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
                      GEMM_DELTA_MAX_WEIGHTS, GEMM_DELTA_MIN_OUTPUTS, GEMM_MAX_WEIGHTS,
-                     MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD, TEAM_MIN_WORK_PER_THREAD,
-                     TEAM_CHECK_STEPS, TEAM_PATIENCE_CYCLES, UPDATE_PARALLEL_MIN)
+                     MIN_ROWS_PER_THREAD, TEAM_CHECK_STEPS)
 
-# error_model="numpy": a float division by zero gives inf/nan (caught by the divergence
-# checks) instead of raising. Python's model puts a branch on every division, which stops
-# LLVM from vectorising loops such as the Adam update (measured 12x slower).
-_jit = dict(cache=True, nogil=True, error_model="numpy")
+# Every kernel compiles with error_model="numpy" (kernels.jit.BASE_OPTIONS): a float
+# division by zero gives inf/nan (caught by the divergence checks) instead of raising.
+# Python's model puts a branch on every division, which stops LLVM from vectorising loops
+# such as the Adam update (measured 12x slower).
 # Reassociation lets LLVM vectorise the dot-product reductions; NaN/inf semantics are kept
 # (no 'nnan'/'ninf') so that divergence is still detected.
-_jit_fast = dict(_jit, fastmath={"reassoc", "contract"})
+FAST = {"reassoc", "contract"}
 
-_scalar = m.compile_with(njit(**_jit),
-                         "cpu" + hashlib.sha1(repr(sorted(_jit.items())).encode()).hexdigest()[:8])
+_scalar = m.compile_with(kernel, "cpu")
 activate = _scalar.activate
 activate_grad = _scalar.activate_grad
 pointwise_loss = _scalar.pointwise_loss
@@ -62,21 +60,21 @@ dropout_keep = _scalar.dropout_keep
 
 # ---------------------------------------------------------------------------- views
 
-@njit(**_jit)
+@kernel
 def layer_rows(buf, B, coff, l, r0, r1, width):
     """Rows r0..r1 of layer ``l``'s (B, width) slab of a flat row buffer."""
     base = B * coff[l]
     return buf[base + r0 * width: base + r1 * width].reshape(r1 - r0, width)
 
 
-@njit(**_jit)
+@kernel
 def matrix_rows(X, r0, r1):
     """Rows r0..r1 of a C-contiguous 2-D array as a C-layout view."""
     w = X.shape[1]
     return X.reshape(X.shape[0] * w)[r0 * w: r1 * w].reshape(r1 - r0, w)
 
 
-@njit(**_jit)
+@kernel
 def weight(params, poff, sizes, l):
     n_in = sizes[l]
     n_out = sizes[l + 1]
@@ -84,19 +82,19 @@ def weight(params, poff, sizes, l):
     return params[o: o + n_in * n_out].reshape(n_in, n_out)
 
 
-@njit(**_jit)
+@kernel
 def bias(params, poff, sizes, l):
     o = poff[l] + sizes[l] * sizes[l + 1]
     return params[o: o + sizes[l + 1]]
 
 
-@njit(**_jit)
+@kernel
 def use_blas(rows, n_in, n_out):
     return (rows >= BLAS_MIN_ROWS and n_in * n_out >= BLAS_MIN_WEIGHTS
             and n_out > BLAS_MAX_HAND_OUTPUTS)
 
 
-@njit(**_jit)
+@kernel
 def gemm_forward(n_in, n_out):
     """Which products go through the register-blocked kernels of kernels.gemm instead of
     BLAS (measured: see tuning.py). Not regression heads: a handful of outputs would waste
@@ -104,48 +102,27 @@ def gemm_forward(n_in, n_out):
     return n_out > BLAS_MAX_HAND_OUTPUTS
 
 
-@njit(**_jit)
+@kernel
 def gemm_weight_grad(n_in, n_out):
     """Above GEMM_MAX_WEIGHTS BLAS's fully packed copies win."""
     return n_out > BLAS_MAX_HAND_OUTPUTS and n_in * n_out <= GEMM_MAX_WEIGHTS
 
 
-@njit(**_jit)
+@kernel
 def gemm_input_delta(n_in, n_out):
     """D @ W^T reads W transposed while packing each panel: worth it once the reduction
     (n_out) is long enough to reuse the panel."""
     return n_out >= GEMM_DELTA_MIN_OUTPUTS and n_in * n_out <= GEMM_DELTA_MAX_WEIGHTS
 
 
-@njit(**_jit)
+@kernel
 def flat(X):
     return X.reshape(X.size)
 
 
-@njit(**_jit)
-def n_slices(rows, max_slices, work_per_row):
-    """How many threads share a batch of ``rows`` rows (at most ``max_slices``).
-
-    The thread count comes from Python: numba's get_num_threads() inside a kernel would
-    make it, and every kernel calling it, uncacheable.
-    """
-    by_rows = max(1, rows // MIN_ROWS_PER_THREAD)
-    by_work = max(1, (rows * work_per_row) // MIN_WORK_PER_THREAD)
-    return min(max_slices, by_rows, by_work)
-
-
-@njit(**_jit)
-def forward_macs(sizes):
-    """Multiply-adds of one row's forward pass."""
-    s = 0
-    for l in range(sizes.shape[0] - 1):
-        s += sizes[l] * sizes[l + 1]
-    return s
-
-
 # ---------------------------------------------------------------------- dense layers
 
-@njit(**_jit_fast)
+@kernel(fastmath=FAST)
 def dense_forward(A, W, b, Z, relu):
     """Z = A @ W + b  (A: (m, n_in), W: (n_in, n_out), Z: (m, n_out)); with ``relu``,
     Z = max(A @ W + b, 0) (a hidden ReLU layer's activations, made in one pass)."""
@@ -175,7 +152,7 @@ def dense_forward(A, W, b, Z, relu):
             Z[i, j] = 0.0 * acc if relu and acc < 0 else acc
 
 
-@njit(**_jit_fast)
+@kernel(fastmath=FAST)
 def bias_grad(D, gb):
     """gb = column sums of D  (overwrites)."""
     n = D.shape[1]
@@ -186,7 +163,7 @@ def bias_grad(D, gb):
             gb[j] += D[i, j]
 
 
-@njit(**_jit_fast)
+@kernel(fastmath=FAST)
 def dense_weight_grad(A, D, gW, gb):
     """gW = A^T @ D, gb = column sums of D  (overwrites, never accumulates)."""
     rows, n_in = A.shape
@@ -229,7 +206,7 @@ def dense_weight_grad(A, D, gW, gb):
                 gk[j] += a * di[j]
 
 
-@njit(**_jit)
+@kernel
 def apply_activation_grad(Dp, Zp, Ap, act, rate, seed, step, layer, r0):
     """Dp *= f'(Zp), and the dropout mask/scale of the layer below when rate > 0."""
     rows, n = Dp.shape
@@ -261,7 +238,7 @@ def apply_activation_grad(Dp, Zp, Ap, act, rate, seed, step, layer, r0):
                 dpi[k] = 0
 
 
-@njit(**_jit_fast)
+@kernel(fastmath=FAST)
 def dense_input_delta(D, W, Dp):
     """Dp = D @ W^T  : the delta of the layer below, before its activation derivative."""
     rows, n_out = D.shape
@@ -302,7 +279,7 @@ def dense_input_delta(D, W, Dp):
             dpi[k] = s
 
 
-@njit(**_jit)
+@kernel
 def hidden_activate(Z, A, act, rate, seed, step, layer, r0):
     """A = f(Z); with dropout ``rate`` > 0, inverted dropout (kept units scaled 1/(1-rate))."""
     rows, n = Z.shape
@@ -331,7 +308,7 @@ def hidden_activate(Z, A, act, rate, seed, step, layer, r0):
                 ai[j] = 0
 
 
-@njit(**_jit)
+@kernel
 def exp_inplace(A, lo, hi):
     """A[lo:hi] = e^A[lo:hi] (A flat), a vector at a time: numba's math.exp is one scalar
     libm call per element (3.4 ns each, measured), more than the rest of a narrow
@@ -345,7 +322,7 @@ def exp_inplace(A, lo, hi):
         vstore_part(A, i, vexp(vload_part(A, i, hi - i)), hi - i)
 
 
-@njit(**_jit_fast)
+@kernel(fastmath=FAST)
 def softmax_rows(Z, A):
     """A = softmax of each row of Z: the shifted logits of the whole block go through one
     vector exp pass, then each row is normalised."""
@@ -366,7 +343,7 @@ def softmax_rows(Z, A):
             A[i, j] *= inv
 
 
-@njit(**_jit)
+@kernel
 def output_activation(Z, A, loss):
     """Softmax rows for cross-entropy, sigmoid for BCE, identity otherwise."""
     rows, n = Z.shape
@@ -378,7 +355,7 @@ def output_activation(Z, A, loss):
 
 # ------------------------------------------------------------------- whole network
 
-@njit(**_jit)
+@kernel
 def forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1,
                  n_layers, drop, seed, step):
     """Carry rows r0..r1 (whose input is ``A0``) through the first ``n_layers`` layers.
@@ -407,7 +384,7 @@ def forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r
         A = An
 
 
-@njit(**_jit)
+@kernel
 def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D, out):
     """Loss summed over rows (times ``scale``) and its delta w.r.t. the logits into ``D``.
 
@@ -451,7 +428,7 @@ def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D, out):
     out[1] = metric
 
 
-@njit(**_jit)
+@kernel
 def backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbuf, Abuf,
                   Dbuf, r0, r1, g, drop, seed, step, weight_grads):
     """Deltas from the output down to layer ``lowest``; with ``weight_grads``, gradients of
@@ -477,7 +454,7 @@ def backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbu
                                   acts[l - 1], drop[l - 1], seed, step, l - 1, r0)
 
 
-@njit(**_jit)
+@kernel
 def gather_rows(X, rows_idx, lo, hi, A0):
     n = X.shape[1]
     for i in range(hi - lo):
@@ -486,7 +463,7 @@ def gather_rows(X, rows_idx, lo, hi, A0):
             A0[i, j] = X[s, j]
 
 
-@njit(**_jit)
+@kernel
 def prefetch_rows(X, Y, row_w, rows_idx, lo, hi):
     """Ask for the cache lines of rows rows_idx[lo:hi] of X and Y and their weights: a
     shuffled batch's rows come from all over X, and the next batch's, fetched while this
@@ -504,7 +481,7 @@ def prefetch_rows(X, Y, row_w, rows_idx, lo, hi):
         prefetch(row_w, r)
 
 
-@njit(**_jit)
+@kernel
 def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, acts, poff,
                     coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, g, drop, seed, step, out,
                     weight_grads):
@@ -527,7 +504,7 @@ def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, act
 
 # ------------------------------------------------------------------------ optimizers
 
-@njit(**_jit)
+@kernel
 def step_constants(opt, hyper, lr, step):
     """What an optimizer step computes once, not once per block: Adam's bias-corrected
     (step_size, inv_bias2_sqrt, l2, decay); zeros for the others."""
@@ -536,7 +513,7 @@ def step_constants(opt, hyper, lr, step):
     return 0.0, 0.0, 0.0, 0.0
 
 
-@njit(**_jit)
+@kernel
 def update_range(opt, params, grad, gscale, state, hyper, lr, consts, lo, hi):
     """One optimizer step of params[lo:hi] from ``grad`` (scaled by ``gscale``).
 
@@ -598,7 +575,7 @@ def update_range(opt, params, grad, gscale, state, hyper, lr, consts, lo, hi):
                                               eps, mom, wd)
 
 
-@njit(**_jit_fast)
+@kernel(fastmath=FAST)
 def grad_sq_range(grad, lo, hi, block_sq, bi):
     """Squared norm of grad[lo:hi] into block_sq[bi] (for clipping)."""
     s = 0.0
@@ -607,7 +584,7 @@ def grad_sq_range(grad, lo, hi, block_sq, bi):
     block_sq[bi] = s
 
 
-@njit(**_jit)
+@kernel
 def clip_scale(clip_norm, block_sq):
     """torch.nn.utils.clip_grad_norm_'s coefficient, max_norm / (norm + 1e-6) clamped to 1,
     from the blocks' squared norms summed in block order (the same sum however many
@@ -618,39 +595,28 @@ def clip_scale(clip_norm, block_sq):
     return min(1.0, clip_norm / (math.sqrt(sq) + 1e-6))
 
 
-@njit(parallel=True, **_jit)
+@kernel
 def update_all(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, block_sq):
     """Clip the gradient's global norm if asked, then one optimizer step over every
-    trainable block; one thread for small vectors, where waking the others costs more than
-    the pass.
+    trainable block.
 
     Clipping follows torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6),
-    clamped to 1. Per-block partial sums go to ``block_sq``: a prange reduction would
-    allocate on every call.
+    clamped to 1, from per-block partial sums in ``block_sq`` (the order update_share
+    sums them in too).
     """
     nblocks = blocks.shape[0]
-    serial = blocks[nblocks - 1, 1] - blocks[0, 0] < UPDATE_PARALLEL_MIN
     gscale = 1.0
     if clip_norm > 0.0:
-        if serial:
-            for bi in range(nblocks):
-                grad_sq_range(grad, blocks[bi, 0], blocks[bi, 1], block_sq, bi)
-        else:
-            for bi in prange(nblocks):
-                grad_sq_range(grad, blocks[bi, 0], blocks[bi, 1], block_sq, bi)
+        for bi in range(nblocks):
+            grad_sq_range(grad, blocks[bi, 0], blocks[bi, 1], block_sq, bi)
         gscale = clip_scale(clip_norm, block_sq)
     consts = step_constants(opt, hyper, lr, step)
-    if serial:
-        for bi in range(nblocks):
-            update_range(opt, params, grad, gscale, state, hyper, lr, consts, blocks[bi, 0],
-                         blocks[bi, 1])
-    else:
-        for bi in prange(nblocks):
-            update_range(opt, params, grad, gscale, state, hyper, lr, consts, blocks[bi, 0],
-                         blocks[bi, 1])
+    for bi in range(nblocks):
+        update_range(opt, params, grad, gscale, state, hyper, lr, consts, blocks[bi, 0],
+                     blocks[bi, 1])
 
 
-@njit(**_jit)
+@kernel
 def grad_share(n_in, n_out, l, t, nt):
     """Member t's share (of nt) of layer l's weight gradient, and of its optimizer step:
     rows [k0, k1) of gW (a contiguous span of the flat parameters, n_out per row) and, if
@@ -668,7 +634,7 @@ def grad_share(n_in, n_out, l, t, nt):
     return 0, 0, False
 
 
-@njit(**_jit)
+@kernel
 def weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf, Dbuf, g,
                      t, nt):
     """Part ``t`` of ``nt`` of the weight gradients of a whole batch (every slice's deltas
@@ -696,7 +662,7 @@ def weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf
             bias_grad(D, gb)
 
 
-@njit(**_jit)
+@kernel
 def update_part(opt, params, g, state, hyper, lr, consts, sizes, poff, trainable, lowest, t,
                 nt):
     """One optimizer step of exactly the spans ``weight_grad_part`` made as part t of nt,
@@ -719,58 +685,16 @@ def update_part(opt, params, g, state, hyper, lr, consts, sizes, poff, trainable
                          o + nw + n_out)
 
 
-@njit(parallel=True, **_jit)
-def loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
-                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, grad, drop, seed, step,
-                     tloss):
-    """Forward, loss and backward of one batch split into ``nt`` row slices: the gradient
-    into ``grad``, the batch's [scaled loss sum, metric sum] into tloss[0].
+# ------------------------------------------------------------------ training teams
 
-    One slice runs in the calling thread: no parallel region. Several: each thread carries
-    its slice forward and back to the deltas, then, after the region ends, the threads
-    split the weight gradients of the whole batch by rows of gW straight into
-    ``grad``. Per-slice gradient slots would each be a full parameter-sized write plus a
-    fold before the update (measured: two threads were no faster than one on an
-    MNIST-sized net), and the whole-batch products are taller."""
-    if nt == 1:
-        slice_loss_grad(X, Y, row_w, perm, b0, 0, rows, scale, params, sizes, acts, poff,
-                        coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, grad, drop,
-                        seed, step, tloss[0], True)
-        return
-    for t in prange(nt):
-        slice_loss_grad(X, Y, row_w, perm, b0, t * rows // nt, (t + 1) * rows // nt, scale,
-                        params, sizes, acts, poff, coff, trainable, lowest, loss, B, Zbuf,
-                        Abuf, Dbuf, grad, drop, seed, step, tloss[t], False)
-    for t in prange(nt):
-        weight_grad_part(params, sizes, poff, coff, trainable, lowest, B, rows, Abuf, Dbuf,
-                         grad, t, nt)
-    for t in range(1, nt):
-        tloss[0, 0] += tloss[t, 0]
-        tloss[0, 1] += tloss[t, 1]
-
-
-# ------------------------------------------------------------------ compiled entries
-
-@njit(**_jit)
-def team_threads(rows, n_batches, max_threads, work):
-    """How many threads train a chunk of ``n_batches`` batches of ``rows`` rows together
-    (a team, see kernels.sync): each gets at least TEAM_MIN_WORK_PER_THREAD multiply-adds
-    of every batch (what pays for the barriers) and MIN_WORK_PER_THREAD of the chunk (what
-    pays for waking the team). Not bounded by rows: a batch too short to split by rows is
-    still split by rows of the weight gradients and by parameter spans."""
-    by_batch = max(1, rows * work // TEAM_MIN_WORK_PER_THREAD)
-    by_chunk = max(1, n_batches * rows * work // MIN_WORK_PER_THREAD)
-    return min(max_threads, by_batch, by_chunk)
-
-
-@njit(**_jit)
+@kernel
 def update_share(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, block_sq, t,
-                 nt, sync, kb):
-    """Member t's part of one optimizer step: its t-th of the trainable elements, cut at
+                 nt, sync, u, roster, phase):
+    """Part t of nt of one optimizer step: its t-th of the trainable elements, cut at
     whole vectors (the update is elementwise, so any split gives the same numbers). The
-    clipping norm is summed by whole blocks, each by the member that holds its middle, in
-    update_all's block order. Returns the barrier count ``kb``, which clipping advances by
-    one (every member needs every block's sum)."""
+    clipping norm is summed by whole blocks, each by the part that holds its middle, in
+    update_all's block order; then every member of ``roster`` (u is this one) meets at
+    barrier ``phase``, since each needs every block's sum."""
     nb = blocks.shape[0]
     total = 0
     for bi in range(nb):
@@ -783,8 +707,7 @@ def update_share(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, b
             if (acc + n // 2) * nt // total == t:
                 grad_sq_range(grad, blocks[bi, 0], blocks[bi, 1], block_sq, bi)
             acc += n
-        kb += 1
-        barrier(sync, t, nt, kb)
+        barrier(sync, u, roster, phase)
         gscale = clip_scale(clip_norm, block_sq)
     consts = step_constants(opt, hyper, lr, step)
     V = lanes(params)
@@ -800,168 +723,178 @@ def update_share(opt, params, grad, clip_norm, state, hyper, lr, step, blocks, b
             update_range(opt, params, grad, gscale, state, hyper, lr, consts,
                          b_lo + a - acc, b_lo + b - acc)
         acc += n
-    return kb
 
 
-@njit(**_jit)
-def chunk_steps(t, nt, sync, X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts,
-                poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt,
-                state, hyper, lrs, step, clip_norm, blocks, block_sq, losses, drop, seed):
-    """Member t of a team of nt trains the chunk (train_chunk's contract; nt = 1: alone).
+# The optimizer code of a chunk that only adds up gradients (train_chunk).
+GRADIENT_ONLY = -1
 
-    Per batch: each member carries its row slice forward and back to the deltas, then
-    (barrier) the members split the weight gradients by rows of gW, then (barrier) the
-    optimizer step by parameter blocks, then (barrier) the next batch may read the new
-    weights. Without clipping, each member steps the gradient spans it just made instead
-    (``update_part``): one barrier fewer, and the gradient never leaves its core (narrow
-    net, team: 7.3-7.7 -> 6.4-8.2 ms an epoch, mostly under 7). Every element of the
-    gradient and every update is computed the same way whatever nt is, so the weights do
-    not depend on it; only the loss sums' order does.
-    Returns train_chunk's count, or -1 for a member that left the rest to another."""
+# Barriers of batch number b (1-based) carry the values PHASES * b + 1, + 2, ...: they
+# grow through a chunk, so a member that joins late never mistakes an old barrier for one
+# of its own batch.
+PHASES = 4
+
+
+@kernel
+def member_batch(u, sync, want, n_members, roster):
+    """The batch (1-based) member u runs next and its roster: the leader (u = 0) opens
+    ``want`` itself; another member waits for it (or for a later one, or for the end,
+    PLAN_DONE). A member alone (n_members = 1) just runs it."""
+    if n_members == 1:
+        return want, 1
+    if u == 0:
+        return want, lead_batch(sync, n_members, want, roster)
+    return await_batch(sync, u, want)
+
+
+@kernel
+def chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop, batch_size,
+                scale, params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf,
+                Dbuf, grad, tloss, opt, state, hyper, lrs, step, clip_norm, blocks, block_sq,
+                losses, drop, seed, grads):
+    """Member u of a team of up to n_members runs the chunk: train_chunk's contract.
+
+    Per batch: the roster (kernels.sync) is the leader and the members already waiting.
+    The batch is cut into ``n_slices`` row slices (fewer for a short batch), whoever is
+    there: a BLAS product's rounding may depend on its shape, so the slices, unlike the
+    roster, must not vary from run to run. The roster's members carry the slices forward
+    and back to the deltas, member t of nt slices t, t + nt, ...; (barrier) then
+    the members split the weight gradients by rows of gW and each steps the spans it made
+    (``update_part``): the gradient never leaves its core. With clipping the step needs
+    the whole gradient's norm: (barrier) the step is split by parameter blocks and
+    (barrier) the norm summed first. The leader opens the next batch once the roster is
+    done. Every element of the gradient and every update is computed the same way
+    whatever the roster, so the weights do not depend on it; only the loss sums' order
+    does."""
     n_out = sizes[sizes.shape[0] - 1]
     n_batches = (stop - start + batch_size - 1) // batch_size
-    kb = 1                              # team_start was barrier 1
-    waited = 0                          # cycles at barriers since ``since``
+    roster = 1
+    want = 1
+    if u != 0:
+        want = atomic_load(sync, plan_slot(sync) + PLAN_BATCH) + 1
+    solo = n_members == 1               # the leader alone, from the start or from a check
+    waited = 0
     since = cycles()
-    for k in range(n_batches):
+    while u != 0 or want <= n_batches:
+        b, roster = member_batch(u, sync, want, 1 if solo else n_members, roster)
+        if b >= PLAN_DONE:
+            return -1
+        k = b - 1
+        t = popcount_below(roster, u)
+        nt = popcount(roster)
         b0 = start + k * batch_size
         rows = min(batch_size, stop - b0)
-        ns = min(nt, max(1, rows // MIN_ROWS_PER_THREAD))   # a short last batch: fewer
-        # Alone, the weight gradients come with the deltas, layer by layer, and one pass
-        # steps every block: on the narrow net 5% faster than update_part's order.
-        fuse = nt > 1 and clip_norm == 0.0
+        ns = min(n_slices, max(1, rows // MIN_ROWS_PER_THREAD))   # a short batch: fewer
+        # Alone with one slice, the weight gradients come with the deltas, layer by layer.
+        fused = ns == 1 and nt == 1
         if k + 1 < n_batches:   # this member's rows of the next batch, on their way
             nrows = min(batch_size, stop - b0 - batch_size)
-            nn = min(nt, max(1, nrows // MIN_ROWS_PER_THREAD))
-            if t < nn:
-                nb0 = b0 + batch_size
-                prefetch_rows(X, Y, row_w, perm, nb0 + t * nrows // nn,
-                              nb0 + (t + 1) * nrows // nn)
-        if t < ns:
-            slice_loss_grad(X, Y, row_w, perm, b0, t * rows // ns, (t + 1) * rows // ns,
-                            loss_scale(loss, rows, n_out), params, sizes, acts, poff, coff,
-                            trainable, lowest, loss, batch_size, Zbuf, Abuf, Dbuf, grad, drop,
-                            seed, step + k + 1, tloss[t], nt == 1)
+            nn = min(n_slices, max(1, nrows // MIN_ROWS_PER_THREAD))
+            nb0 = b0 + batch_size
+            for q in range(t, nn, nt):
+                prefetch_rows(X, Y, row_w, perm, nb0 + q * nrows // nn,
+                              nb0 + (q + 1) * nrows // nn)
+        for q in range(t, ns, nt):
+            slice_loss_grad(X, Y, row_w, perm, b0, q * rows // ns, (q + 1) * rows // ns,
+                            scale if scale > 0.0 else loss_scale(loss, rows, n_out), params,
+                            sizes, acts, poff, coff, trainable, lowest, loss, batch_size, Zbuf,
+                            Abuf, Dbuf, grad, drop, seed, step + k + 1, tloss[q], fused)
         if nt > 1:
-            kb += 1
-            waited += barrier(sync, t, nt, kb)
+            waited += barrier(sync, u, roster, PHASES * b + 1)
         total = 0.0
         metric = 0.0
-        for u in range(ns):
-            total += tloss[u, 0]
-            metric += tloss[u, 1]
+        for r in range(ns):
+            total += tloss[r, 0]
+            metric += tloss[r, 1]
         if t == 0:
             losses[k, 0] = total
             losses[k, 1] = metric
         if not math.isfinite(total):   # every member sees the same total: all stop here
+            if u != 0:
+                done_with(sync, u, b)
+                return -1
+            if not solo:
+                lead_finish(sync, n_members, roster, k)
             return k
-        if fuse:
+        if not fused:
             weight_grad_part(params, sizes, poff, coff, trainable, lowest, batch_size, rows,
                              Abuf, Dbuf, grad, t, nt)
+        if opt == GRADIENT_ONLY:
+            add_grad_part(grads, grad, sizes, poff, trainable, lowest, t, nt)
+        elif clip_norm == 0.0 and nt > 1:
+            # Each member steps the spans it made, while they are in its cache.
             update_part(opt, params, grad, state, hyper, lrs[k],
                         step_constants(opt, hyper, lrs[k], step + k + 1), sizes, poff,
                         trainable, lowest, t, nt)
         else:
+            # Alone, the weight gradients came with the deltas and one pass steps every
+            # block (on the narrow net 5% faster than update_part's order, layer by layer).
             if nt > 1:
-                weight_grad_part(params, sizes, poff, coff, trainable, lowest, batch_size,
-                                 rows, Abuf, Dbuf, grad, t, nt)
-                kb += 1
-                waited += barrier(sync, t, nt, kb)
-            kb = update_share(opt, params, grad, clip_norm, state, hyper, lrs[k],
-                              step + k + 1, blocks, block_sq, t, nt, sync, kb)
-        if nt > 1:
-            if (k + 1) % TEAM_CHECK_STEPS == 0:
-                # Waiting more than working: another member is not getting its core (another
-                # process, a stolen virtual CPU). The member that waited, whose core is
-                # free, trains the rest of the chunk alone, with the same numbers.
-                now = cycles()
-                if 2 * waited > now - since:
-                    compare_exchange(sync, SOLO_OWNER, 0, t + 1)
-                waited = 0
-                since = now
-            kb += 1
-            waited += barrier(sync, t, nt, kb)
-            owner = atomic_load(sync, SOLO_OWNER)
-            if owner > 0:
-                if owner != t + 1:
-                    return -1
-                t = 0
-                nt = 1
+                waited += barrier(sync, u, roster, PHASES * b + 2)
+            update_share(opt, params, grad, clip_norm, state, hyper, lrs[k], step + k + 1,
+                         blocks, block_sq, t, nt, sync, u, roster, PHASES * b + 3)
+        if u != 0:
+            done_with(sync, u, b)
+        elif not solo and (k + 1) % TEAM_CHECK_STEPS == 0:
+            # Waiting more than working: a member is not getting its core (another process,
+            # a stolen virtual CPU). Once the roster is done with this batch, the leader
+            # lets the members go and trains the rest of the chunk alone, with the same
+            # numbers.
+            now = cycles()
+            if 2 * waited > now - since:
+                lead_finish(sync, n_members, roster, 0)
+                solo = True
+            waited = 0
+            since = now
+        want = b + 1
+    if n_members > 1 and not solo:
+        lead_finish(sync, n_members, roster, n_batches)
     return n_batches
 
 
-@njit(parallel=True, **_jit)
-def train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, sizes, acts, poff, coff,
-                trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt, state, hyper,
-                lrs, step, clip_norm, blocks, block_sq, losses, drop, seed, sync):
-    """Train on the mini-batches of ``perm[start:stop]``, one optimizer step each.
-
-    Batch k covers perm[start + k*batch_size : ...] (the last may be partial; its loss is
-    averaged over its own rows). ``lrs[k]`` is batch k's learning rate, ``step`` the
-    optimizer's step count before the chunk. ``losses[k, 0]`` receives batch k's mean loss
-    and ``losses[k, 1]`` its summed row metric (see ``row_metric``). ``drop``/``seed``:
-    per-layer dropout rates and the fit's dropout seed. Stops before updating on a
-    non-finite loss. Returns the number of steps applied.
-
-    Up to tloss.shape[0] threads share the chunk as one team in one parallel region
-    (``sync``: its int64 words, kernels.sync.sync_words of them); a chunk too small to
-    pay for waking them runs in the calling thread.
-    """
-    n_batches = (stop - start + batch_size - 1) // batch_size
-    nt = team_threads(min(batch_size, stop - start), n_batches, tloss.shape[0],
-                      3 * forward_macs(sizes))
-    for i in range(sync.shape[0]):
-        sync[i] = 0
-    if nt == 1:
-        return chunk_steps(0, 1, sync, X, Y, row_w, perm, start, stop, batch_size, params,
-                           sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf, Dbuf,
-                           grad, tloss, opt, state, hyper, lrs, step, clip_norm, blocks,
-                           block_sq, losses, drop, seed)
-    done = result_slot(sync)
-    for i in prange(nt):
-        t = np.int64(i)      # mixed with the int64 0 below, an unsigned index would be float
-        mode = team_start(sync, t, nt, TEAM_PATIENCE_CYCLES)
-        if mode == MODE_TEAM or mode == MODE_SOLO + t:
-            me = t
-            size = nt
-            if mode != MODE_TEAM:   # this member claimed the chunk: it runs it alone
-                me = 0
-                size = 1
-            n = chunk_steps(me, size, sync, X, Y, row_w, perm,
-                            start, stop, batch_size, params, sizes, acts, poff, coff,
-                            trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, opt, state,
-                            hyper, lrs, step, clip_norm, blocks, block_sq, losses, drop, seed)
-            if n >= 0:   # every member still there returns the same count
-                atomic_store(sync, done, n)
-    return sync[done]
-
-
-@njit(parallel=True, **_jit)
-def accumulate_loss_grads(X, Y, row_w, order, params, sizes, acts, poff, coff, trainable,
-                          lowest, loss, B, Zbuf, Abuf, Dbuf, grad, tloss, grads):
-    """Mean loss over all rows of X and its gradient (every layer) into ``grads``; no update."""
-    n = X.shape[0]
-    n_out = sizes[sizes.shape[0] - 1]
-    scale = loss_scale(loss, n, n_out)
-    no_drop = np.zeros(sizes.shape[0] - 1)
-    work = 3 * forward_macs(sizes)
-    P = grads.shape[0]
-    for i in range(P):
-        grads[i] = 0
-    total = 0.0
-    for b0 in range(0, n, B):
-        rows = min(B, n - b0)
-        nt = n_slices(rows, tloss.shape[0], work)
-        loss_grad_slices(nt, rows, X, Y, row_w, order, b0, scale, params, sizes, acts, poff,
-                         coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, grad, no_drop, 0,
-                         0, tloss)
-        total += tloss[0, 0]
-        for i in prange(P):
+@kernel
+def add_grad_part(grads, grad, sizes, poff, trainable, lowest, t, nt):
+    """grads += grad over exactly the spans part t of nt made (grad_share's rule)."""
+    for l in range(sizes.shape[0] - 2, lowest - 1, -1):
+        if not trainable[l]:
+            continue
+        n_out = sizes[l + 1]
+        o = poff[l]
+        nw = sizes[l] * n_out
+        k0, k1, with_bias = grad_share(sizes[l], n_out, l, t, nt)
+        for i in range(o + k0 * n_out, o + k1 * n_out):
             grads[i] += grad[i]
-    return total
+        if with_bias:
+            for i in range(o + nw, o + nw + n_out):
+                grads[i] += grad[i]
 
 
-@njit(**_jit_fast)
+@entry
+def train_chunk(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop, batch_size,
+                scale, params, sizes, acts, poff, coff, trainable, lowest, loss, Zbuf, Abuf,
+                Dbuf, grad, tloss, opt, state, hyper, lrs, step, clip_norm, blocks, block_sq,
+                losses, drop, seed, grads):
+    """Member u of a team of up to n_members trains the mini-batches of perm[start:stop],
+    one optimizer step each. Member 0, the leader, is the calling thread; the others run
+    on other threads (fastbp.threads) and join as they arrive (kernels.sync). A team of
+    one needs no other thread: that is the serial trainer.
+
+    Batch k covers perm[start + k*batch_size : ...] (the last may be partial). Its loss is
+    ``scale`` times its summed row losses, or with ``scale`` = 0 the mean over its own
+    rows. ``lrs[k]`` is batch k's learning rate, ``step`` the optimizer's step count
+    before the chunk. ``losses[k, 0]`` receives batch k's loss and ``losses[k, 1]`` its
+    summed row metric (see ``row_metric``). ``drop``/``seed``: per-layer dropout rates and
+    the fit's dropout seed. ``sync``: the team's words, kernels.sync.sync_words(n_members)
+    of them, zeroed before the chunk. Stops before updating on a non-finite loss. With
+    ``opt`` = GRADIENT_ONLY nothing is updated: each batch's gradient is added to
+    ``grads`` (layout of params; zeroed by the caller), and the chunk is a full-data
+    gradient. Returns the number of batches done (the leader; -1 for the others)."""
+    return chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop,
+                       batch_size, scale, params, sizes, acts, poff, coff, trainable, lowest,
+                       loss, Zbuf, Abuf, Dbuf, grad, tloss, opt, state, hyper, lrs, step,
+                       clip_norm, blocks, block_sq, losses, drop, seed, grads)
+
+
+@kernel(fastmath=FAST)
 def rows_finite(X, r0, r1):
     """Whether rows r0..r1 (r1 > r0) of X hold finite values only: x - x is 0 for those
     and NaN for NaN and inf, and one NaN survives the sum (no 'nnan' flag lets LLVM
@@ -973,7 +906,7 @@ def rows_finite(X, r0, r1):
     return s == 0
 
 
-@njit(**_jit)
+@kernel
 def forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
                   pre_activation, b0, r0, r1, tile, no_drop, check, bad):
     """Rows b0+r0..b0+r1 of X forward; the last layer's Z or A into the same rows of out.
@@ -1004,7 +937,7 @@ def forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, A
                 oi[j] = si[j]
 
 
-@njit(**_jit)
+@kernel
 def even_tile(rows, tile):
     """Rows per tile for ``rows`` rows in tiles of at most ``tile``: as many tiles as that
     needs, of even size, in whole row blocks of the gemm micro-kernel where that fits. A
@@ -1020,41 +953,44 @@ def even_tile(rows, tile):
     return blocks if blocks <= tile else even
 
 
-@njit(parallel=True, **_jit)
-def forward_into(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
-                 pre_activation, max_slices, tile, check, bad):
-    """Rows of X through the first ``n_layers`` layers, the result into ``out``.
+@entry
+def forward_tiles(u, n_members, X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf,
+                  Abuf, out, pre_activation, tile, work, check, bad):
+    """Member u of up to n_members carries rows of X through the first ``n_layers``
+    layers, the result into ``out`` (``pre_activation``: Z, the logits, instead of A for
+    the last layer run).
 
-    ``pre_activation`` selects Z (logits) instead of A for the last layer run. The rows
-    are split over threads in one parallel region; each thread carries its share through
-    in tiles of at most ``tile`` rows that reuse its part of the B scratch rows. (Blocks of
-    B rows, a region each, paid a region's start per block: two for 20,000 rows of a
-    narrow net, dozens for a wide one.)
-    ``check``: set bad[0] = 1 if X holds a NaN or inf (``out`` is then meaningless).
-    """
+    The rows are cut into tiles of ``tile`` rows, claimed one at a time from the counter
+    work[0] until none are left, so a member that starts late takes fewer tiles instead
+    of holding the others up; work[1] counts the finished ones, and the leader (u = 0, the
+    calling thread) returns once every tile is done. Member u carries its tiles through
+    its own part of the B scratch rows. Each row's result is computed the same way
+    whatever tile it falls in. ``check``: set bad[0] = 1 if X holds a NaN or inf (``out``
+    is then meaningless)."""
     n = X.shape[0]
+    n_tiles = (n + tile - 1) // tile
     no_drop = np.zeros(sizes.shape[0] - 1)
-    nt = n_slices(n, min(max_slices, B), forward_macs(sizes))
-    if nt == 1:   # no parallel region for small inputs (single-row calls, say)
-        forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
-                      out, pre_activation, 0, 0, n, min(tile, B), no_drop, check, bad)
-        return
-    for i in prange(nt):
-        t = np.int64(i)
-        lo = t * n // nt
-        s = t * B // nt             # this thread's scratch rows: s .. s + cap
-        cap = (t + 1) * B // nt - s
-        forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf,
-                      out, pre_activation, lo - s, s, s + (t + 1) * n // nt - lo,
-                      min(tile, cap), no_drop, check, bad)
+    s = u * (B // n_members)            # this member's scratch rows: s .. s + tile
+    while True:
+        i = claim(work, 0)
+        if i >= n_tiles:
+            break
+        r0 = i * tile
+        r1 = min(n, r0 + tile)
+        forward_slice(X, params, sizes, acts, poff, coff, loss, n_layers, B, Zbuf, Abuf, out,
+                      pre_activation, r0 - s, s, s + r1 - r0, tile, no_drop, check, bad)
+        fetch_add(work, 1, 1)
+    if u == 0:
+        while atomic_load(work, 1) < n_tiles:
+            spin_pause()
 
 
-@njit(parallel=True, **_jit)
+@entry
 def loss_sum(Z, Y, row_w, loss):
     """Sum over rows of the weighted per-row loss of logits Z against targets Y (eval)."""
     n, k = Z.shape
     total = 0.0
-    for i in prange(n):
+    for i in range(n):
         zi = Z[i]
         yi = Y[i]
         li = 0.0
@@ -1077,7 +1013,7 @@ def loss_sum(Z, Y, row_w, loss):
     return total
 
 
-@njit(**_jit)
+@entry
 def predict_rows(params, sizes, acts, poff, coff, loss, Zbuf, Abuf, X, out):
     """Serial inference for use inside a caller's own ``@njit`` code.
 
@@ -1096,37 +1032,7 @@ def predict_rows(params, sizes, acts, poff, coff, loss, Zbuf, Abuf, X, out):
 
 # ------------------------------------------------- split step (data-parallel training)
 
-@njit(parallel=True, **_jit)
-def batch_grads(X, Y, row_w, perm, b0, rows, scale, params, sizes, acts, poff, coff,
-                trainable, lowest, loss, Zbuf, Abuf, Dbuf, grad, tloss, blocks, drop, seed,
-                step, G):
-    """Gradient of one batch (rows perm[b0:b0+rows]) into G[:P]; G[P] = its scaled loss sum,
-    G[P+1] = its metric sum. ``scale`` is set by the caller (1/global rows for a batch split
-    over processes), so summing G over processes gives the global batch's mean gradient.
-    A process with no rows for this step contributes zeros. Only trainable ranges are written.
-    """
-    P = params.shape[0]
-    B = Zbuf.shape[0] // coff[coff.shape[0] - 1]
-    nblocks = blocks.shape[0]
-    if rows == 0:
-        for bi in prange(nblocks):
-            for i in range(blocks[bi, 0], blocks[bi, 1]):
-                G[i] = 0
-        G[P] = 0.0
-        G[P + 1] = 0.0
-        return
-    nt = n_slices(rows, tloss.shape[0], 3 * forward_macs(sizes))
-    loss_grad_slices(nt, rows, X, Y, row_w, perm, b0, scale, params, sizes, acts, poff, coff,
-                     trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, grad, drop, seed, step,
-                     tloss)
-    for bi in prange(nblocks):
-        for i in range(blocks[bi, 0], blocks[bi, 1]):
-            G[i] = grad[i]
-    G[P] = tloss[0, 0]
-    G[P + 1] = tloss[0, 1]
-
-
-@njit(**_jit)
+@entry
 def apply_update(opt, params, G, state, hyper, lr, step, clip_norm, blocks, block_sq):
     """One optimizer step from the flat gradient G[:P] (e.g. after an allreduce)."""
     update_all(opt, params, G[:params.shape[0]], clip_norm, state, hyper, lr, step, blocks,

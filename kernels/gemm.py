@@ -24,12 +24,14 @@ block too. Measured on one Zen 5 core, float32: 128x784x256 at about 200 GFLOP/s
 about 100 through OpenBLAS, whose AVX2 kernels (it runs its Haswell code on Zen 5) and
 per-call overhead lose at every size measured; kernels.tuning has the numbers.
 """
-from numba import carray, njit
+from numba import carray
+
+from .jit import kernel
 
 from .simd import (VEC_BYTES, at, lanes, prefetch, stack_buffer, vfma, vload_part, vrelu,
                    vsplat, vstore, vstore_part, vtranspose)
 
-_jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+FAST = {"reassoc", "contract"}
 
 KC = 256   # rows of B per panel: KC x 2 vectors = 32 KiB with AVX-512 (L1 is 48 KiB)
 PANEL_BYTES = KC * 2 * VEC_BYTES
@@ -56,7 +58,7 @@ ROWS8 = VEC_BYTES == 64
 BLOCK_ROWS = 8 if ROWS8 else 4
 
 
-@njit(**_jit)
+@kernel(fastmath=FAST)
 def _block4(A, a0, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0,
             k1, relu):
     """Rows i..i+3, columns j0..j0+n0+n1 of C over k0..k1, starting from S's rows
@@ -112,7 +114,7 @@ def _block4(A, a0, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n
     vstore_part(C, o + V, vrelu(c31, relu), n1)
 
 
-@njit(**_jit)
+@kernel(fastmath=FAST)
 def _block8(A, a0, a1, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n0, n1, k0,
             k1, relu):
     """Rows i..i+7 as _block4 does rows i..i+3: 16 accumulators hide the FMA latency that
@@ -192,7 +194,7 @@ def _block8(A, a0, a1, sai, sak, B, bb, ldb, C, ldc, S, so, ss, s0, s1, i, j0, n
     vstore_part(C, o + V, vrelu(c71, relu), n1)
 
 
-@njit(**_jit)
+@kernel(fastmath=FAST)
 def _block1(A, sai, sak, B, bb, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k1, relu):
     """Row i (the rows left over by the 4-row blocks); S, so, s0, s1 as for _block4."""
     V = lanes(C)
@@ -209,7 +211,7 @@ def _block1(A, sai, sak, B, bb, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k
     vstore_part(C, o + V, vrelu(c1, relu), n1)
 
 
-@njit(**_jit)
+@kernel(fastmath=FAST)
 def _pack(B, ldb, transb, P, j0, n, k0, k1):
     """P[(k-k0)*2V + c] = B(k, j0 + c) for c < n, zeros up to 2V: the panel the
     micro-kernels sweep, contiguous. B(k, j) is B[k*ldb + j], or B[j*ldb + k] when
@@ -245,7 +247,7 @@ def _pack(B, ldb, transb, P, j0, n, k0, k1):
         prefetch(B, k * ldb + j0 + 3 * V)
 
 
-@njit(**_jit)
+@kernel(fastmath=FAST)
 def _pack_a(A, sak, PA, i0, i1, k0, k1):
     """Rows i0..i1 (whole blocks of 4) of a transposed A (A(i, k) = A[i + k*sak]) as
     PA[(i - i0)*KC + (k - k0)*4 + r]: each block's 4 values per k side by side."""
@@ -260,7 +262,7 @@ def _pack_a(A, sak, PA, i0, i1, k0, k1):
             PA[dst + 3] = at(A, src + 3)
 
 
-@njit(**_jit)
+@kernel(fastmath=FAST)
 def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
     """C[i, j] for i < m, j < n: see the module docstring. ``A``, ``B``, ``C``, ``bias``
     are flat (1-D) views; ``mode`` ASSIGN, ASSIGN_BIAS, ASSIGN_BIAS_RELU or ACCUMULATE;

@@ -5,7 +5,8 @@ net's per-epoch overhead outside the compiled chunks), this loop 37 us. The mode
 generator draws the seed, so a fit stays reproducible from the model's ``seed``.
 """
 import numpy as np
-from numba import njit
+
+from .jit import entry
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -22,7 +23,7 @@ def permutation(n, seed):
     return perm
 
 
-@njit(cache=True, nogil=True)
+@entry
 def shuffle(perm, seed):
     """Shuffle ``perm`` in place, uniformly, from a 64-bit ``seed``.
 

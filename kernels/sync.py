@@ -1,50 +1,30 @@
-"""Atomics and a spin barrier for ``@njit`` code: threads that stay in one parallel region.
+"""Atomics, spin barriers and the roster of a training team, for compiled code.
 
-Opening a numba parallel region wakes its pool threads, which wait passively between
-regions: 50-150 us measured on the development machine, which is several mini-batch steps
-of a narrow network. A team of threads that enters one region per chunk of batches and meets
-at a spin barrier between the phases of each step pays that once per chunk instead of
-twice per step. Numba offers no atomics on the CPU; these intrinsics are LLVM's atomic
-loads, stores and read-modify-writes on the elements of an int64 array (sequentially
-consistent, which on x86 costs nothing more than acquire/release for loads and stores).
+A team trains a chunk of mini-batches on several threads (fastbp.threads starts them; each
+calls the same compiled entry with its member number). Member 0, the leader, is the
+calling thread and never waits for a member that has not arrived: before each batch it
+publishes the batch's roster, the members already waiting for it, and the batch's work is
+split among them. A member that starts late (its thread woken late, its core busy with
+another process) joins at the next batch, so lateness costs at most the batch it falls in,
+never the chunk. Within a batch the roster meets at spin barriers; the leader waits at the
+end of each batch for the roster to finish (the next batch reads the updated weights).
 
-A team must never wait for a thread that is not running: a threading layer may run the
-iterations of a prange one after another on one thread (TBB's work stealing can). So a
-team forms only after every member has been seen to arrive (``team_start``); a member that
-waits too long claims the whole chunk for itself, and the others, arriving late, find the
-work claimed and leave.
+Numba offers no atomics on the CPU; these intrinsics are LLVM's atomic loads, stores and
+read-modify-writes on the elements of an int64 array (sequentially consistent, which on
+x86 costs nothing more than acquire/release for loads and stores).
+
+Layout of a sync array (int64, zeroed before each chunk): member u's words on line u, the
+leader's plan on the last line; lines are 128 bytes apart (adjacent-line prefetch pairs
+64-byte lines), so a word one member writes shares no line with another's.
 """
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .jit import kernel
+
 _i64 = ir.IntType(64)
-
-# Slots of a team's sync array (int64): each member's arrival counter sits on its own
-# 128 bytes (adjacent-line prefetch pairs 64-byte lines), the mode word after them.
-STRIDE = 16
-MODE_WAITING = 0
-MODE_TEAM = 1
-MODE_SOLO = 2          # MODE_SOLO + t: member t claimed the chunk and runs it alone
-SOLO_OWNER = 1         # in member 0's line: t + 1 once member t takes over the chunk alone
-
-
-def sync_words(n_threads):
-    """Length of the int64 sync array for a team of up to ``n_threads`` (zeroed before
-    each use): the members' lines, then one line with the mode word and the result word."""
-    return STRIDE * (n_threads + 1)
-
-
-@njit(cache=True, nogil=True)
-def mode_slot(sync):
-    return sync.shape[0] - STRIDE
-
-
-@njit(cache=True, nogil=True)
-def result_slot(sync):
-    """Where a team leaves what its run returns (beside the mode word)."""
-    return sync.shape[0] - STRIDE + 1
 
 
 def _pointer(context, builder, sig, args):
@@ -130,57 +110,174 @@ def cycles(typingctx):
         return builder.call(fn, [])
     return types.int64(), codegen
 
+@intrinsic
+def fetch_add(typingctx, arr, index, value):
+    """arr.flat[index] += value atomically; returns the value before."""
+    if not _check(arr, index):
+        return None
 
-@njit(cache=True, nogil=True)
-def barrier(sync, t, nt, k):
-    """The k-th barrier (k = 1, 2, ...) of member ``t`` of a team of ``nt``: returns when
-    every member has reached it; returns the cycles it waited. Each member bumps only its
-    own counter, so the only line that moves between cores is the one each waiter reads."""
-    atomic_store(sync, t * STRIDE, k)
+    def codegen(context, builder, sig, args):
+        ptr = _pointer(context, builder, sig, args)
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, v, "seq_cst")
+    return types.int64(arr, index, value), codegen
+
+
+STRIDE = 16
+PHASE = 0            # in member u's line: the last barrier it reached
+ARRIVE = 1           # in member u's line: the batch (1-based) it waits to run; 0: not here
+WAITED = 2           # in member u's line: cycles it spent at barriers (statistics)
+PLAN_BATCH = 0       # in the last line: the batch published (1-based), or PLAN_DONE
+PLAN_MASK = 1        # in the last line: the published batch's roster, a bit per member
+RESULT = 2           # in the last line: what the chunk returns
+JOINED = 3           # in the last line: every member that ran at least one batch
+PLAN_DONE = 1 << 62
+PATIENCE = 1 << 33   # cycles a member waits for a batch before it leaves (seconds)
+MAX_MEMBERS = 62     # members are bits of an int64 mask
+
+
+def sync_words(n_members):
+    """Length of the sync array of a team of up to ``n_members``."""
+    return STRIDE * (n_members + 1)
+
+
+@kernel
+def plan_slot(sync):
+    return sync.shape[0] - STRIDE
+
+
+@kernel
+def popcount_below(mask, u):
+    """Members of ``mask`` numbered below ``u``: u's rank in the roster."""
+    r = 0
+    for v in range(u):
+        r += (mask >> v) & 1
+    return r
+
+
+@kernel
+def popcount(mask):
+    r = 0
+    while mask:
+        r += mask & 1
+        mask >>= 1
+    return r
+
+
+@kernel
+def barrier(sync, u, mask, value):
+    """Member u of the roster ``mask`` reaches barrier ``value`` (increasing within a chunk):
+    returns when every member of the roster has; adds the cycles waited to u's WAITED."""
+    atomic_store(sync, u * STRIDE + PHASE, value)
     c0 = cycles()
-    for u in range(nt):
-        if u != t:
-            while atomic_load(sync, u * STRIDE) < k:
+    m = mask
+    v = 0
+    while m:
+        if (m & 1) and v != u:
+            while atomic_load(sync, v * STRIDE + PHASE) < value:
                 spin_pause()
-    return cycles() - c0
+        m >>= 1
+        v += 1
+    waited = cycles() - c0
+    sync[u * STRIDE + WAITED] += waited
+    return waited
 
 
-@njit(cache=True, nogil=True)
-def team_start(sync, t, nt, patience):
-    """Member t arrives; returns MODE_TEAM when all ``nt`` members run at once, else the
-    mode that decides who runs the chunk alone (MODE_SOLO + its member number).
+@kernel
+def lead_batch(sync, n_members, batch, roster):
+    """The leader opens ``batch`` (1-based): waits until every member of ``roster`` (the
+    previous batch's) is done with it, then takes in as the new roster every member
+    waiting for this batch (it claims each by turning its arrival word negative, so a
+    member cannot leave once taken in) and publishes it. Returns the new roster."""
+    c0 = cycles()
+    for v in range(1, n_members):
+        if (roster >> v) & 1:
+            while atomic_load(sync, v * STRIDE + ARRIVE) < batch:
+                spin_pause()
+    sync[WAITED] += cycles() - c0
+    mask = 1
+    for v in range(1, n_members):
+        if compare_exchange(sync, v * STRIDE + ARRIVE, batch, -batch):
+            mask |= 1 << v
+    p = plan_slot(sync)
+    atomic_store(sync, p + PLAN_MASK, mask)
+    atomic_store(sync, p + PLAN_BATCH, batch)
+    sync[p + JOINED] |= mask
+    return mask
 
-    A member waits ``patience`` cycles for the others, then claims the chunk: whoever's
-    compare-exchange wins runs it; the mode word is set once, so every member agrees."""
-    mode = mode_slot(sync)
-    atomic_store(sync, t * STRIDE, 1)
-    t0 = cycles()
+
+@kernel
+def lead_finish(sync, n_members, roster, result):
+    """The leader closes the chunk: waits for the last roster to finish, then tells every
+    member still waiting that there is no more work."""
+    last = atomic_load(sync, plan_slot(sync) + PLAN_BATCH)
+    c0 = cycles()
+    for v in range(1, n_members):
+        if (roster >> v) & 1:
+            while atomic_load(sync, v * STRIDE + ARRIVE) <= last:
+                spin_pause()
+    sync[WAITED] += cycles() - c0
+    p = plan_slot(sync)
+    atomic_store(sync, p + RESULT, result)
+    atomic_store(sync, p + PLAN_BATCH, PLAN_DONE)
+
+
+@kernel
+def await_batch(sync, u, want):
+    """Member u (not the leader) waits to run batch ``want`` (1-based) or a later one.
+    Returns (batch, roster) of the batch the leader took it into, or (PLAN_DONE, 0) when
+    the chunk is over. A member the leader did not take in (it arrived after the leader
+    looked) waits for the next batch. One that has waited PATIENCE cycles without being
+    taken in leaves: no roster holds it, so nobody waits for it, and a spinning thread
+    gives up its core."""
+    p = plan_slot(sync)
+    mine = u * STRIDE + ARRIVE
+    c0 = cycles()
     while True:
-        state = atomic_load(sync, mode)
-        if state != MODE_WAITING:
-            return state
-        here = 0
-        for u in range(nt):
-            if atomic_load(sync, u * STRIDE) >= 1:
-                here += 1
-        if here == nt:
-            compare_exchange(sync, mode, MODE_WAITING, MODE_TEAM)
-        elif cycles() - t0 > patience:
-            compare_exchange(sync, mode, MODE_WAITING, MODE_SOLO + t)
-        spin_pause()
+        # Say which batch this member waits for, unless the leader has already taken it
+        # in for that batch (done_with said so first): a plain store would undo the claim.
+        cur = atomic_load(sync, mine)
+        while cur != -want and cur != want:
+            if compare_exchange(sync, mine, cur, want):
+                break
+            cur = atomic_load(sync, mine)
+        w0 = cycles()
+        while True:
+            b = atomic_load(sync, p + PLAN_BATCH)
+            if b >= want:
+                break
+            if cycles() - w0 > PATIENCE and compare_exchange(sync, mine, want, 0):
+                sync[u * STRIDE + WAITED] += cycles() - c0
+                return PLAN_DONE, 0
+            spin_pause()
+        if atomic_load(sync, mine) == -want:   # taken in: the plan is this batch's
+            sync[u * STRIDE + WAITED] += cycles() - c0
+            return want, atomic_load(sync, p + PLAN_MASK)
+        if b >= PLAN_DONE:
+            sync[u * STRIDE + WAITED] += cycles() - c0
+            return PLAN_DONE, 0
+        want = b + 1
 
 
-# From Python, after a run, in plain NumPy: calling the compiled mode_slot would box its
-# argument (one runtime allocation per call, which tests/test_allocations counts).
-
-def team_tried(sync):
-    """Whether a team was formed, or waited for, for the last chunk run on ``sync``; a
-    chunk the size rule ran on the calling thread leaves the mode word at MODE_WAITING."""
-    return bool(sync[len(sync) - STRIDE] != MODE_WAITING)
+@kernel
+def done_with(sync, u, batch):
+    """Member u is done with ``batch``: the leader may open the next one."""
+    atomic_store(sync, u * STRIDE + ARRIVE, batch + 1)
 
 
-def team_broke_up(sync):
-    """Whether the last chunk run on ``sync`` ended up on one thread although a team was
-    formed for it."""
-    mode = sync[len(sync) - STRIDE]
-    return bool(mode >= MODE_SOLO or (mode == MODE_TEAM and sync[SOLO_OWNER] > 0))
+@kernel
+def claim(counter, index):
+    """The next item of a shared work list: counter[index] before adding one to it."""
+    return fetch_add(counter, index, 1)
+
+
+# From Python, after a run, in plain NumPy (a compiled call would box its arguments).
+
+def members_joined(sync):
+    """How many members ran at least one batch of the last chunk run on ``sync``."""
+    return bin(int(sync[len(sync) - STRIDE + JOINED])).count("1")
+
+
+def waited_cycles(sync, n_members):
+    """Cycles each member spent waiting at barriers in the last chunk."""
+    return [int(sync[u * STRIDE + WAITED]) for u in range(n_members)]

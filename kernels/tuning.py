@@ -47,27 +47,22 @@ else:
 
 # A batch is split over threads only when each thread gets at least this many rows and
 # this much work (multiply-adds: rows x sum of n_in*n_out, times 3 when training). Waking a
-# pool thread that waits passively costs ~50-150 us: measured, 2 threads lose below ~4M
-# multiply-adds each (narrow nets at small batches run on one thread, no parallel region).
+# waiting thread costs ~50-150 us: 2 threads lose below ~4M multiply-adds each (narrow
+# nets at small batches run on one thread).
 MIN_ROWS_PER_THREAD = 8
 MIN_WORK_PER_THREAD = 4_000_000
 
-# Training runs each chunk of batches as one team of threads in one parallel region, which
-# meet at spin barriers (kernels.sync) twice a batch (four times when clipping): ~50 ns
-# each between the two cores measured. A batch is shared when each member gets at least
-# this many multiply-adds of it (and the chunk MIN_WORK_PER_THREAD, for the wake-up).
+# A training team's members meet at spin barriers (kernels.sync) about twice a batch: a
+# batch is shared when each member gets at least this many multiply-adds of it (and the
+# chunk MIN_WORK_PER_THREAD, for the wake-up).
 TEAM_MIN_WORK_PER_THREAD = 100_000
-# Cycles (x86: TSC ticks) a member waits for the others to arrive before it claims the
-# chunk and trains it alone; a pool thread normally wakes in 50-150 us.
-TEAM_PATIENCE_CYCLES = 20_000_000
-# Every this many batches each member checks how long it waited at the barriers: more than
-# half the time, and the rest of the chunk runs on its thread alone.
+# Every this many batches the leader checks how long it waited at the barriers: more than
+# half the time, and it lets the members go and trains the rest of the chunk alone.
 TEAM_CHECK_STEPS = 16
 
-# Elements of the flat parameter vector per task of the optimizer pass, and the trainable
-# size below which that pass runs on one thread.
+# Elements of the flat parameter vector per block of the optimizer pass (and of the
+# clipping norm's partial sums).
 UPDATE_BLOCK = 16384
-UPDATE_PARALLEL_MIN = 1_000_000   # measured: 2 threads lose below ~1M (0.17 vs 0.09 ms at 235k)
 
 # A fit's buffers (row buffers and gradient) up to this size are kept for the next fit of
 # the same model and batch size (a narrow net's are ~30 KB; a wide one's at batch 1024 ~30 MB).

@@ -11,7 +11,6 @@ from numba import config, cuda
 
 import fastbp
 from fastbp.errors import TrainingDivergedError
-from fastbp.kernels import cpu
 from fastbp.kernels import cuda as kc
 from fastbp.kernels import math as km
 from fastbp.optimizers import SGD, Adam, AdamW, RMSprop
@@ -163,7 +162,7 @@ def test_dropout_masks_match_cpu():
                         s.status)
     Z = s.bufs.Z[1].copy_to_host()[:rows]
     A = s.bufs.A[1].copy_to_host()[:rows]
-    keep = np.array([[cpu.dropout_keep(seed, step, 0, r, c, rate) for c in range(6)]
+    keep = np.array([[km.dropout_keep(seed, step, 0, r, c, rate) for c in range(6)]
                      for r in range(rows)])
     assert 0 < keep.sum() < keep.size
     np.testing.assert_array_equal(A != 0, keep)

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from fastbp.kernels import gemm as g
+from fastbp.kernels.jit import entry_for
 from fastbp.kernels.simd import VEC_BYTES
+
+# Kernels are compiled only into entry points: Python calls these copies.
+gemm = entry_for(g.gemm)
 
 SENTINEL = 12345.0
 
@@ -39,32 +43,32 @@ def test_gemm_modes_and_tails_match_numpy(dtype):
                 Am = A[:m * K].reshape(m, K).astype(np.float64)
                 Bm = B[:K * n].reshape(K, n).astype(np.float64)
                 # forward: C = A @ B + bias
-                g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
+                gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
                 np.testing.assert_allclose(C[:m * n].reshape(m, n), Am @ Bm + bias[:n],
                                            **_tol(dtype), err_msg=f"bias m={m} n={n} K={K}")
                 assert np.all(C[m * n:] == SENTINEL), "wrote past C"
                 # a hidden ReLU layer: max(A @ B + bias, 0), clipped only once K is done
                 Cr = np.full_like(C, SENTINEL)
-                g.gemm(A, K, 1, B, n, False, Cr, n, bias, m, n, K, g.ASSIGN_BIAS_RELU)
+                gemm(A, K, 1, B, n, False, Cr, n, bias, m, n, K, g.ASSIGN_BIAS_RELU)
                 np.testing.assert_allclose(Cr[:m * n].reshape(m, n),
                                            np.maximum(Am @ Bm + bias[:n], 0), **_tol(dtype),
                                            err_msg=f"relu m={m} n={n} K={K}")
                 assert np.all(Cr[m * n:] == SENTINEL), "wrote past C"
                 # accumulate: C += A @ B
                 before = C[:m * n].reshape(m, n).astype(np.float64)
-                g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ACCUMULATE)
+                gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ACCUMULATE)
                 np.testing.assert_allclose(C[:m * n].reshape(m, n), before + Am @ Bm,
                                            **_tol(dtype))
                 # transposed A (the weight gradient): C (K x n) = A^T @ B' with B' (m x n)
                 Bt = rng.standard_normal(m * n + 7).astype(dtype)
                 Ct = np.full(K * n + 7, SENTINEL, dtype=dtype)
-                g.gemm(A, 1, K, Bt, n, False, Ct, n, bias, K, n, m, g.ASSIGN)
+                gemm(A, 1, K, Bt, n, False, Ct, n, bias, K, n, m, g.ASSIGN)
                 np.testing.assert_allclose(
                     Ct[:K * n].reshape(K, n),
                     Am.T @ Bt[:m * n].reshape(m, n).astype(np.float64), **_tol(dtype))
                 assert np.all(Ct[K * n:] == SENTINEL)
                 # transposed B (the input delta): C = A @ W^T with W (n x K)
-                g.gemm(A, K, 1, B, K, True, C, n, bias, m, n, K, g.ASSIGN)
+                gemm(A, K, 1, B, K, True, C, n, bias, m, n, K, g.ASSIGN)
                 np.testing.assert_allclose(C[:m * n].reshape(m, n),
                                            Am @ B[:n * K].reshape(n, K).astype(np.float64).T,
                                            **_tol(dtype))
@@ -78,7 +82,7 @@ def test_packed_panels_of_wide_matrices(dtype):
     rng = np.random.default_rng(1)
     m, K, n = g.PACK_MIN_ROWS + 3, g.KC + 9, g.PACK_MIN_LD + 7
     A, B, bias, C = _case(rng, dtype, m, n, K)
-    g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
+    gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
     expected = (A[:m * K].reshape(m, K).astype(np.float64)
                 @ B[:K * n].reshape(K, n).astype(np.float64) + bias[:n])
     np.testing.assert_allclose(C[:m * n].reshape(m, n), expected, **_tol(dtype))
@@ -94,7 +98,7 @@ def test_packed_panels_under_several_row_blocks(dtype):
     m, K, n = 2 * mc + 5, g.KC + 9, 3 * (VEC_BYTES // np.dtype(dtype).itemsize) + 3
     A, B, bias, C = _case(rng, dtype, m, n, K)
     Am = A[:m * K].reshape(m, K).astype(np.float64)
-    g.gemm(A, K, 1, B, K, True, C, n, bias, m, n, K, g.ASSIGN)       # input delta: B^T
+    gemm(A, K, 1, B, K, True, C, n, bias, m, n, K, g.ASSIGN)       # input delta: B^T
     np.testing.assert_allclose(C[:m * n].reshape(m, n),
                                Am @ B[:n * K].reshape(n, K).astype(np.float64).T,
                                **_tol(dtype))
@@ -102,7 +106,7 @@ def test_packed_panels_under_several_row_blocks(dtype):
     n = g.PACK_MIN_LD + 7                                            # wide forward
     A, B, bias, C = _case(rng, dtype, m, n, K)
     Am = A[:m * K].reshape(m, K).astype(np.float64)
-    g.gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
+    gemm(A, K, 1, B, n, False, C, n, bias, m, n, K, g.ASSIGN_BIAS)
     np.testing.assert_allclose(C[:m * n].reshape(m, n),
                                Am @ B[:K * n].reshape(K, n).astype(np.float64) + bias[:n],
                                **_tol(dtype))
@@ -119,11 +123,11 @@ def test_relu_mode_keeps_nan_and_clips_partial_sums_only_at_the_end():
     B[:g.KC * n] = -1.0                                     # first block: -KC
     B[g.KC * n:] = g.KC                                     # the rest: +4 * KC
     C = np.full(m * n, SENTINEL)
-    g.gemm(A, K, 1, B, n, False, C, n, np.zeros(n), m, n, K, g.ASSIGN_BIAS_RELU)
+    gemm(A, K, 1, B, n, False, C, n, np.zeros(n), m, n, K, g.ASSIGN_BIAS_RELU)
     C = C.reshape(m, n)
     assert np.isnan(C[3]).all()
     np.testing.assert_array_equal(np.delete(C, 3, axis=0), 3.0 * g.KC)
-    g.gemm(-A, K, 1, B, n, False, C.ravel(), n, np.zeros(n), m, n, K, g.ASSIGN_BIAS_RELU)
+    gemm(-A, K, 1, B, n, False, C.ravel(), n, np.zeros(n), m, n, K, g.ASSIGN_BIAS_RELU)
     np.testing.assert_array_equal(np.delete(C, 3, axis=0), 0.0)
 
 
@@ -132,27 +136,28 @@ def test_vector_exp_and_softmax_match_numpy(dtype):
     """exp_inplace within 2 ulp over the whole normal range, every tail length, NaN kept,
     overflow to inf and underflow to 0; softmax rows sum to 1 and match NumPy's."""
     from fastbp.kernels import cpu
+    exp_inplace = entry_for(cpu.exp_inplace)
     eps = np.finfo(dtype).eps
     lo, hi = (-87.0, 88.0) if dtype == np.float32 else (-708.0, 709.0)
     x = np.linspace(lo, hi, 100003).astype(dtype)
     a = x.copy()
-    cpu.exp_inplace(a, 0, a.size)
+    exp_inplace(a, 0, a.size)
     ref = np.exp(x.astype(np.float64))
     assert np.max(np.abs(a - ref) / ref) < 2 * eps
     for n in range(1, 40):                        # every tail of the vector loop
         b = np.full(n + 3, SENTINEL, dtype=dtype)
         b[:n] = np.arange(n) * 0.25
-        cpu.exp_inplace(b, 0, n)
+        exp_inplace(b, 0, n)
         np.testing.assert_allclose(b[:n], np.exp(np.arange(n) * 0.25), rtol=2 * eps)
         assert np.all(b[n:] == SENTINEL)
     edge = np.array([np.nan, np.inf, -np.inf, 1e4, -1e4, 0.0], dtype=dtype)
-    cpu.exp_inplace(edge, 0, edge.size)
+    exp_inplace(edge, 0, edge.size)
     assert np.isnan(edge[0]) and edge[1] == np.inf and edge[3] == np.inf
     assert edge[2] == 0 and edge[4] == 0 and edge[5] == 1
     rng = np.random.default_rng(3)
     Z = (rng.standard_normal((37, 10)) * 20).astype(dtype)
     A = np.empty_like(Z)
-    cpu.softmax_rows(Z, A)
+    entry_for(cpu.softmax_rows)(Z, A)
     Z64 = Z.astype(np.float64)
     E = np.exp(Z64 - Z64.max(axis=1, keepdims=True))
     np.testing.assert_allclose(A, E / E.sum(axis=1, keepdims=True), rtol=8 * eps,
@@ -162,9 +167,9 @@ def test_vector_exp_and_softmax_match_numpy(dtype):
 def test_gemm_with_no_reduction_gives_the_start_values():
     C = np.full(8, SENTINEL)
     bias = np.arange(4.0)
-    g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, False, C, 4, bias, 2, 4, 0, g.ASSIGN_BIAS)
+    gemm(np.zeros(1), 0, 1, np.zeros(1), 4, False, C, 4, bias, 2, 4, 0, g.ASSIGN_BIAS)
     np.testing.assert_array_equal(C, np.tile(bias, 2))
-    g.gemm(np.zeros(1), 0, 1, np.zeros(1), 4, False, C, 4, bias, 2, 4, 0, g.ASSIGN)
+    gemm(np.zeros(1), 0, 1, np.zeros(1), 4, False, C, 4, bias, 2, 4, 0, g.ASSIGN)
     np.testing.assert_array_equal(C, 0.0)
 
 

@@ -216,7 +216,8 @@ def test_large_predict_matches_reference_across_blocks_and_tiles(monkeypatch):
 def test_inference_tiles_are_even_and_no_more_than_needed():
     """A thread's rows go through in as few tiles as the scratch allows, of even size: a
     short last tile (2 rows after three of 170) costs a whole pass over the weights."""
-    from fastbp.kernels.cpu import even_tile
+    from fastbp.kernels.cpu import even_tile as kernel
+    even_tile = kernel.py_func
     from fastbp.kernels.gemm import BLOCK_ROWS
     for tile in (1, 7, 8, 37, 128, 170, 256):
         for rows in range(1, 1100, 3):

@@ -1,66 +1,65 @@
-"""The training team (kernels.sync): threads that share a chunk of batches in one parallel
-region must give the same weights as one thread, form only when every member runs, and
-never wait for a member that does not."""
+"""The training team (kernels.sync, fastbp.threads): threads that share a chunk of batches
+must give the same weights as one thread, never wait for a member that does not run, and
+take in a member that starts late at the next batch."""
 import subprocess
 import sys
+import threading
+import time
 
-import numba
 import numpy as np
 import pytest
 
 import fastbp
-from fastbp.kernels import cpu
 from fastbp import backend
-from fastbp.kernels.sync import (MODE_SOLO, MODE_TEAM, SOLO_OWNER, STRIDE, mode_slot, sync_words,
-                                 team_broke_up, team_start, team_tried)
+from fastbp.kernels import cpu
+from fastbp.kernels.sync import STRIDE, members_joined, sync_words
+from fastbp.threads import POOL
 from fastbp.workspace import Workspace
 
 _choose = backend.ThreadPolicy.choose
-two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
-                                 reason="needs two Numba threads")
+_joined = backend.members_joined
 
 
 def _fit(threads, sizes, loss, X, y, **kw):
-    """(weights, epoch losses) of a fit on ``threads`` Numba threads; with more than one,
-    every chunk is offered to the team (not to the timing policy's pick) and it must form
-    for at least one."""
+    """(weights, epoch losses) of a fit on ``threads`` threads; with more than one, every
+    chunk is offered to the team (not to the timing policy's pick) and two members must
+    run at least one batch together."""
     teams = []
 
     def recorded(sync):
-        teams.append(team_tried(sync))
+        teams.append(_joined(sync))
         return teams[-1]
 
     backend.ThreadPolicy.choose = lambda self: True
-    backend.team_tried = recorded
-    before = numba.get_num_threads()
-    numba.set_num_threads(threads)
+    backend.members_joined = recorded
+    before = fastbp.get_num_threads()
+    fastbp.set_num_threads(threads)
     try:
         net = fastbp.MLP(sizes, loss=loss, seed=0, device="cpu",
                          dtype=kw.pop("dtype", "float32"), dropout=kw.pop("dropout", 0.0))
         net.freeze(kw.pop("freeze", []))
         hist = net.fit(X, y, verbose=0, **kw)
-        assert any(teams) == (threads > 1)
+        assert (max(teams, default=1) > 1) == (threads > 1)
         return net.get_weights(), hist.history["loss"]
     finally:
-        numba.set_num_threads(before)
+        fastbp.set_num_threads(before)
         backend.ThreadPolicy.choose = _choose
-        backend.team_tried = team_tried
+        backend.members_joined = _joined
 
 
-@two_threads
 @pytest.mark.parametrize("case", ["regression", "dropout_clip_frozen", "fused_frozen_middle"])
 def test_a_team_gives_the_weights_of_one_thread_bitwise(case):
     rng = np.random.default_rng(0)
     if case == "regression":
-        # 600 rows in batches of 32: the last has 24 rows, split over the team too
-        X = rng.normal(size=(600, 32)).astype(np.float32)
+        # 6,008 rows in batches of 32: the last has 24 rows, split over the team too
+        X = rng.normal(size=(6008, 32)).astype(np.float32)
         y = X[:, :4].sum(1)
         args = ([32, 64, 64, 1], "mse", X, y)
         kw = dict(epochs=2, batch_size=32, optimizer="adam", lr=1e-3)
     elif case == "dropout_clip_frozen":
         # float64, dropout, clipping, layer 0 frozen (the backward pass stops above it),
         # SGD with Nesterov momentum; the last batch has 10 rows, too few to split by rows
-        X = rng.normal(size=(586, 30))
+        X = rng.normal(size=(5866, 30))
         y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 1)
         args = ([30, 64, 64, 3], "cross_entropy", X, y)
         kw = dict(epochs=2, batch_size=24, dtype="float64", dropout=0.2, clip_norm=0.5,
@@ -69,7 +68,7 @@ def test_a_team_gives_the_weights_of_one_thread_bitwise(case):
         # Without clipping each member steps the gradient rows it made (update_part): 30
         # inputs split 8 / 22 in 8-row blocks, a frozen middle layer that the deltas still
         # cross, a 3-output head stepped whole by one member, RMSprop with momentum
-        X = rng.normal(size=(586, 30))
+        X = rng.normal(size=(5866, 30))
         y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 1)
         args = ([30, 64, 64, 3], "cross_entropy", X, y)
         kw = dict(epochs=2, batch_size=24, dtype="float64", dropout=0.1, freeze=[1],
@@ -82,9 +81,12 @@ def test_a_team_gives_the_weights_of_one_thread_bitwise(case):
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
 
 
-def _chunk(tloss_rows, net, X, Y, perm, bs):
+def _chunk(n_members, net, X, Y, perm, bs, late=0.0, busy_helper=False):
+    """One chunk of Adam steps on ``n_members`` members (the calling thread and pool
+    threads); ``late``: seconds member 1 sleeps before it starts. Returns (batches done,
+    params, optimizer state, losses, sync)."""
     lay = net.layout
-    ws = Workspace(lay, bs, net.dtype, n_threads=2)
+    ws = Workspace(lay, bs, net.dtype, n_threads=max(2, n_members))
     opt = fastbp.Adam(1e-3)
     state = opt.init_state(lay.n_params, net.dtype)
     params = net._params.copy()
@@ -93,53 +95,146 @@ def _chunk(tloss_rows, net, X, Y, perm, bs):
     n = X.shape[0]
     nb = (n + bs - 1) // bs
     losses = np.zeros((nb, 2))
-    done = cpu.train_chunk(X, Y, np.ones(n), perm, 0, n, bs, params, lay.sizes, net._acts,
-                           lay.poff, lay.coff, trainable, 0, net._loss_code, ws.Z, ws.A, ws.D,
-                           ws.grad, ws.tloss[:tloss_rows], opt.code, state, opt.hyper(),
-                           np.full(nb, 1e-3), 0, 0.0, blocks, np.zeros(len(blocks)), losses,
-                           net._drop, 0, ws.sync)
-    return done, params, state, losses, ws.sync
+    sync = np.zeros(sync_words(n_members), dtype=np.int64)
+    args = (sync, X, Y, np.ones(n), perm, 0, n, bs, 0.0, params, lay.sizes, net._acts,
+            lay.poff, lay.coff, trainable, 0, net._loss_code, ws.Z, ws.A, ws.D, ws.grad,
+            ws.tloss, opt.code, state, opt.hyper(), np.full(nb, 1e-3), 0, 0.0, blocks,
+            np.zeros(len(blocks)), losses, net._drop, 0, ws.no_grads)
+
+    def late_member(u):
+        time.sleep(late)
+        cpu.train_chunk(u, n_members, 2, *args)
+
+    helpers = [threading.Thread(target=late_member, args=(u,)) for u in range(1, n_members)]
+    for h in helpers:
+        h.start()
+    done = cpu.train_chunk(0, n_members, 2, *args)
+    for h in helpers:
+        h.join()
+    return done, params, state, losses, sync
 
 
-@two_threads
-def test_train_chunk_forms_a_team_and_survives_a_busy_core():
+def _problem(n=4000, bs=32):
     rng = np.random.default_rng(1)
-    n, bs = 4000, 32
     X = rng.normal(size=(n, 32)).astype(np.float32)
     Y = X[:, :1].copy()
     perm = rng.permutation(n).astype(np.int64)
     net = fastbp.MLP([32, 64, 64, 1], loss="mse", seed=0, device="cpu")
+    return net, X, Y, perm, bs
+
+
+def test_a_team_of_two_gives_the_weights_of_one_thread():
+    net, X, Y, perm, bs = _problem()
     done1, p1, s1, l1, _ = _chunk(1, net, X, Y, perm, bs)
     done2, p2, s2, l2, sync = _chunk(2, net, X, Y, perm, bs)
-    assert done1 == done2 == n // bs
-    assert sync[mode_slot(sync)] == MODE_TEAM
+    assert done1 == done2 == X.shape[0] // bs
+    assert members_joined(sync) == 2
     assert np.array_equal(p1, p2) and np.array_equal(s1, s2)
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    # Another process on a core: a member may be descheduled for milliseconds, and the
-    # team may hand the chunk to one thread midway. Same weights either way, no hang.
+
+
+def test_a_member_that_starts_late_still_joins():
+    """Member 1 starts 5 ms after the leader: the leader trains the first batches alone
+    and member 1 joins at the next batch it can; same weights as one thread."""
+    net, X, Y, perm, bs = _problem(n=128000)
+    done1, p1, s1, _, _ = _chunk(1, net, X, Y, perm, bs)
+    t0 = time.perf_counter()
+    done2, p2, s2, _, sync = _chunk(2, net, X, Y, perm, bs, late=0.005)
+    assert done2 == done1
+    assert np.array_equal(p1, p2) and np.array_equal(s1, s2)
+    # member 1 ran batches: its arrival word moved past the first batch
+    assert members_joined(sync) == 2, "the late member never joined"
+    assert sync[1 * STRIDE + 1] > 1
+    assert time.perf_counter() - t0 < 60
+
+
+def test_members_that_arrive_at_random_times_never_hang_or_change_a_weight():
+    """Many short chunks, member 1 starting anywhere from at once to after the end: each
+    ends, with the weights of one thread."""
+    net, X, Y, perm, bs = _problem(n=1600)
+    _, p1, s1, _, _ = _chunk(1, net, X, Y, perm, bs)
+    rng = np.random.default_rng(7)
+    joined = 0
+    for late in rng.uniform(0, 0.004, size=40):
+        done, p, s, _, sync = _chunk(2, net, X, Y, perm, bs, late=float(late))
+        assert done == X.shape[0] // bs
+        assert np.array_equal(p, p1) and np.array_equal(s, s1)
+        joined += members_joined(sync) == 2
+    assert joined > 0
+
+
+def test_the_leader_never_waits_for_a_member_that_does_not_run():
+    """A team of two whose second member never starts: the leader trains the whole chunk
+    alone and returns."""
+    net, X, Y, perm, bs = _problem(n=640)
+    lay = net.layout
+    ws = Workspace(lay, bs, net.dtype, n_threads=2)
+    opt = fastbp.Adam(1e-3)
+    trainable = np.ones(lay.n_layers, dtype=np.int64)
+    blocks = lay.update_blocks(trainable)
+    nb = 640 // bs
+    params = net._params.copy()
+    sync = np.zeros(sync_words(2), dtype=np.int64)
+    done = cpu.train_chunk(0, 2, 2, sync, X, Y, np.ones(640), perm, 0, 640, bs, 0.0, params,
+                           lay.sizes, net._acts, lay.poff, lay.coff, trainable, 0,
+                           net._loss_code, ws.Z, ws.A, ws.D, ws.grad, ws.tloss, opt.code,
+                           opt.init_state(lay.n_params, net.dtype), opt.hyper(),
+                           np.full(nb, 1e-3), 0, 0.0, blocks, np.zeros(len(blocks)),
+                           np.zeros((nb, 2)), net._drop, 0, ws.no_grads)
+    assert done == nb and members_joined(sync) == 1
+    # a member that arrives after the end finds no work and leaves at once
+    t0 = time.perf_counter()
+    assert cpu.train_chunk(1, 2, 2, sync, X, Y, np.ones(640), perm, 0, 640, bs, 0.0, params,
+                           lay.sizes, net._acts, lay.poff, lay.coff, trainable, 0,
+                           net._loss_code, ws.Z, ws.A, ws.D, ws.grad, ws.tloss, opt.code,
+                           opt.init_state(lay.n_params, net.dtype), opt.hyper(),
+                           np.full(nb, 1e-3), 0, 0.0, blocks, np.zeros(len(blocks)),
+                           np.zeros((nb, 2)), net._drop, 0, ws.no_grads) == -1
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_busy_core_changes_no_weight_and_hangs_nothing():
+    """Another process on a core: a member may be descheduled for milliseconds, and the
+    leader may let it go midway. Same weights either way, no hang."""
+    net, X, Y, perm, bs = _problem()
+    done1, p1, s1, _, _ = _chunk(1, net, X, Y, perm, bs)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         for _ in range(3):
-            done, p, s, _, sync = _chunk(2, net, X, Y, perm, bs)
+            done, p, s, _, _ = _chunk(2, net, X, Y, perm, bs)
             assert done == done1 and np.array_equal(p, p1) and np.array_equal(s, s1)
-            assert team_broke_up(sync) == (sync[SOLO_OWNER] > 0)
     finally:
         busy.kill()
         busy.wait()
 
 
-def test_team_start_never_waits_for_a_member_that_does_not_run():
-    """Members that a threading layer runs one after another on one thread: the first
-    waits out its patience and claims the chunk, the later one finds it claimed."""
-    sync = np.zeros(sync_words(2), dtype=np.int64)
-    assert team_start(sync, 0, 2, 100_000) == MODE_SOLO + 0
-    assert team_start(sync, 1, 2, 100_000) == MODE_SOLO + 0
-    assert team_broke_up(sync)
-    # every member arrived: a team
-    sync[:] = 0
-    sync[1 * STRIDE] = 1                   # member 1 is already there
-    assert team_start(sync, 0, 2, 10 ** 12) == MODE_TEAM
-    assert not team_broke_up(sync)
+def test_the_pool_runs_every_member_and_tracks_what_they_hold():
+    seen = []
+    gate = threading.Event()
+    shared = np.zeros(4)
+
+    def member(u, n, out):
+        if u:
+            gate.wait(5)
+        out.append(u)
+        return u
+
+    before = fastbp.get_num_threads()
+    fastbp.set_num_threads(3)
+    try:
+        assert POOL.run(member, 3, (seen,), shared=(shared,)) == 0
+        assert POOL.busy_with(shared)              # members 1 and 2 are still waiting
+        # their workers are busy: a second team gets none (it does without them)
+        other = []
+        assert POOL.run(member, 3, (other,)) == 0 and other == [0]
+        gate.set()
+        for _ in range(500):
+            if not POOL.busy_with(shared):
+                break
+            time.sleep(0.01)
+        assert sorted(seen) == [0, 1, 2] and not POOL.busy_with(shared)
+    finally:
+        fastbp.set_num_threads(before)
 
 
 def test_thread_policy_times_both_and_keeps_the_faster():

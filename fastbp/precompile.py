@@ -1,0 +1,98 @@
+"""Compiling inference in a second process while the first fit compiles training.
+
+With an empty compile cache, a process's first fit spends most of its first seconds
+compiling the trainer, on one core. When the inference entries (prediction, evaluation)
+are not cached either, a child process compiles them on another core meanwhile and
+fills the same on-disk cache; the first ``predict`` waits for the child if it is still
+running and then loads them. Compiled code does not depend on which process compiled
+it, so the numbers are the same either way; the child only saves time.
+
+It runs only where it can help: a cold cache, at least two threads for fastbp, and not
+when ``FASTBP_BACKGROUND_COMPILE=0``.
+"""
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from .threads import get_num_threads
+
+_children = {}          # dtype name -> Popen
+_lock = threading.Lock()
+WAIT_SECONDS = 120      # the longest a predict waits for the child before compiling itself
+
+
+def _cached(dispatcher, dtype):
+    """Whether ``dispatcher`` has a compiled overload for ``dtype`` in memory or on disk
+    for this machine (Numba's cache index, read without loading anything)."""
+    name = f"array({dtype}"
+    if any(name in str(sig) for sig in dispatcher.overloads):
+        return True
+    try:
+        cache_file = dispatcher._cache._cache_file
+        index = cache_file._load_index()
+        magic = dispatcher.targetctx.codegen().magic_tuple()
+    except Exception:   # noqa: BLE001 - no readable index: treat as not cached
+        return False
+    return any(name in str(key[0]) and key[1] == magic for key in index)
+
+
+def start(dtype):
+    """Called as a fit begins: start the child that compiles inference for ``dtype`` when
+    neither training nor inference is cached (a first run) and a core is free for it."""
+    from .kernels import cpu
+    dtype = str(dtype)
+    if os.environ.get("FASTBP_BACKGROUND_COMPILE", "1") == "0" or get_num_threads() < 2:
+        return
+    with _lock:
+        if dtype in _children:
+            return
+        if _cached(cpu.train_chunk, dtype) or _cached(cpu.forward_tiles, dtype):
+            _children[dtype] = None
+            return
+        code = f"from fastbp.precompile import _compile_inference; _compile_inference({dtype!r})"
+        try:
+            _children[dtype] = subprocess.Popen(
+                [sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_child_env())
+        except OSError:
+            _children[dtype] = None
+
+
+def _child_env():
+    import fastbp
+    env = dict(os.environ, FASTBP_BACKGROUND_COMPILE="0", FASTBP_NUM_THREADS="1")
+    # The child must import this same fastbp, installed or from a checkout.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastbp.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def wait(dtype):
+    """Before the first inference of ``dtype``: let a running child finish (it started
+    earlier, so it finishes sooner than compiling here would)."""
+    child = _children.get(str(dtype))
+    if child is None:
+        return
+    try:
+        child.wait(timeout=WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    _children[str(dtype)] = None
+
+
+def _compile_inference(dtype):
+    """In the child: one tiny predict and evaluate, the calls whose entries the parent
+    will need (the same argument types as a fit's data and model)."""
+    import numpy as np
+
+    from .model import MLP
+    t = time.perf_counter()
+    X = np.zeros((4, 3), dtype=dtype)
+    for loss, y in (("cross_entropy", np.arange(4) % 2), ("mse", np.zeros(4))):
+        net = MLP([3, 4, 2 if loss == "cross_entropy" else 1], loss=loss, dtype=dtype,
+                  device="cpu")
+        net.predict(X)
+        net.evaluate(X, y)
+    return time.perf_counter() - t

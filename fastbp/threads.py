@@ -1,0 +1,128 @@
+"""fastbp's worker threads: the members of a team besides the calling thread.
+
+A compiled entry that splits its work (kernels.cpu.train_chunk, forward_tiles) takes its
+member number ``u`` and the team's size; the calling thread runs member 0 and this pool
+runs the others on threads that wait for work between calls. The kernels release the
+GIL, so the members run at once. The calling thread never waits for a member to start:
+the kernels let a member that starts late join at the next batch or take fewer tiles
+(kernels.sync), and ``run`` returns when member 0 does, while late members may still be
+leaving (``busy_with`` says which shared arrays they still hold).
+
+Numba's parallel regions would do the same, but a ``prange`` costs a compile of its own
+for every entry that holds one (about half of fastbp's first-fit compile time: see
+bench/results/README.md, "Compile time") and leaves the waiting policy to the OpenMP
+runtime.
+"""
+import os
+import threading
+
+_ENV = "FASTBP_NUM_THREADS"
+
+
+def _default_threads():
+    value = os.environ.get(_ENV)
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n >= 1:
+            return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # not on Linux
+        return os.cpu_count() or 1
+
+
+_num_threads = None
+
+
+def get_num_threads():
+    """How many threads fastbp's CPU kernels use: ``set_num_threads``, else the
+    ``FASTBP_NUM_THREADS`` environment variable, else the CPUs this process may run on."""
+    global _num_threads
+    if _num_threads is None:
+        _num_threads = _default_threads()
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Use ``n`` threads (at least 1) in later fits and predictions."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        from .errors import ConfigError
+        raise ConfigError(f"the thread count must be a positive int, got {n!r}")
+    _num_threads = n
+
+
+class _Worker:
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.task = None          # (fn, args) to run next
+        self.holding = ()         # arrays the running task shares with the caller
+        self.thread = threading.Thread(target=self._loop, name="fastbp-worker", daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while True:
+            with self.cond:
+                while self.task is None:
+                    self.cond.wait()
+                fn, args = self.task
+            try:
+                fn(*args)
+            except BaseException:   # noqa: BLE001 - a member must never take its thread down
+                pass
+            with self.cond:
+                self.task = None
+                self.holding = ()
+
+    def idle(self):
+        return self.task is None
+
+    def submit(self, fn, args, holding):
+        with self.cond:
+            self.task = (fn, args)
+            self.holding = holding
+            self.cond.notify()
+
+
+class Pool:
+    """Worker threads, made as needed and kept for the life of the process."""
+
+    def __init__(self):
+        self._workers = []
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _idle_workers(self, n):
+        """Up to n idle workers, started as needed up to get_num_threads() - 1 in all: a
+        member whose worker is still busy (leaving an earlier team) is simply absent, and
+        the kernels do without it."""
+        # After a fork only the forking thread exists in the child: start afresh.
+        if os.getpid() != self._pid:
+            self._workers, self._pid = [], os.getpid()
+        idle = [w for w in self._workers if w.idle()]
+        while len(idle) < n and len(self._workers) < get_num_threads() - 1:
+            w = _Worker()
+            self._workers.append(w)
+            idle.append(w)
+        return idle[:n]
+
+    def run(self, fn, n_members, args, shared=()):
+        """``fn(u, n_members, *args)`` for u = 0 .. n_members - 1: member 0 here, the
+        others on worker threads; returns member 0's result. ``shared``: arrays the
+        members write to coordinate (a sync array), held until each member has left."""
+        if n_members > 1:
+            with self._lock:
+                helpers = self._idle_workers(n_members - 1)
+                for u, w in enumerate(helpers, start=1):
+                    w.submit(fn, (u, n_members) + tuple(args), tuple(shared))
+        return fn(0, n_members, *args)
+
+    def busy_with(self, array):
+        """Whether a member started by ``run`` may still touch ``array``."""
+        return any(not w.idle() and any(a is array for a in w.holding) for w in self._workers)
+
+
+POOL = Pool()

@@ -1,0 +1,244 @@
+"""How the kernels are compiled: what LLVM optimises, once, and where the results are cached.
+
+Numba compiles every ``@njit`` function it meets as a library of its own: it optimises it
+with everything it calls linked in, emits machine code for it, then links the optimised
+code into each caller and optimises and emits it again there. A callee five calls deep
+went through LLVM six times, so compile time grew with the depth of the call tree
+(bench/results/README.md, "Compile time", has the profile: 74 s for the first fit and
+predict of a small net on a 2-core Zen 3). Two decorators split the roles instead:
+
+``kernel``
+    Compiled code only ever called from other compiled code. Numba types and lowers it
+    once per signature, and its library only holds that unoptimised IR: LLVM sees it for
+    the first time inside the entry point that calls it, where it is optimised along
+    with the rest of the entry, as a C compiler optimises a translation unit. It has no
+    Python wrapper; calling it from Python raises TypeError (``entry_for`` makes a
+    callable copy). Literal arguments are typed as their plain types, so a constant
+    ``0`` and a variable do not compile the same kernel twice.
+``entry``
+    What Python calls: optimised and compiled to machine code, cached on disk with
+    everything it calls (``cache_dir``).
+
+Both keep Numba's semantics: the same IR reaches LLVM with the same flags, so results do
+not depend on this module. Where Numba's internals differ from what this module expects
+(another Numba release), ``kernel`` falls back to a plain cached ``njit`` function
+(correct, slower to compile) and ``LINK_ONLY`` says so.
+"""
+import hashlib
+import os
+import sys
+
+import numba
+from numba import types
+from numba.core import caching, config
+from numba.core.registry import CPUDispatcher
+
+BASE_OPTIONS = dict(nogil=True, error_model="numpy")
+
+# Every kernel source file is part of every entry's cache key: Numba alone keys a cached
+# function by its own file, so an entry would survive a change to a kernel it inlines
+# from another file.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources_digest():
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(_PACKAGE_DIR)):
+        if name.endswith(".py"):
+            with open(os.path.join(_PACKAGE_DIR, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    h.update(f"numba {numba.__version__} {sys.version_info[:2]}".encode())
+    return h.hexdigest()
+
+
+SOURCES_DIGEST = _sources_digest()
+
+
+def cache_dir():
+    """Where compiled entries are kept: ``FASTBP_CACHE_DIR``, else beside Numba's own
+    ``NUMBA_CACHE_DIR`` when set, else the user's cache folder. Outside the installed
+    package, so a reinstall of the same sources finds them (the key holds the sources'
+    digest, the Numba and Python versions, and Numba adds the CPU model and features)."""
+    root = os.environ.get("FASTBP_CACHE_DIR")
+    if not root:
+        if config.CACHE_DIR:
+            root = os.path.join(config.CACHE_DIR, "fastbp")
+        else:
+            base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+                os.path.expanduser("~"), ".cache")
+            root = os.path.join(base, "fastbp")
+    return os.path.join(root, SOURCES_DIGEST[:16])
+
+
+class _EntryCacheLocator(caching._CacheLocator):
+    """Numba's cache locator interface, pointed at ``cache_dir()``."""
+
+    def __init__(self, py_func, py_file):
+        self._lineno = py_func.__code__.co_firstlineno
+        self._path = os.path.join(cache_dir(), os.path.splitext(os.path.basename(py_file))[0])
+
+    def get_cache_path(self):
+        return self._path
+
+    def get_source_stamp(self):
+        return SOURCES_DIGEST
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        self = cls(py_func, py_file)
+        try:
+            self.ensure_cache_path()
+        except OSError:   # not writable: Numba's own locators are tried next
+            return None
+        return self
+
+
+class _EntryCacheImpl(caching.CompileResultCacheImpl):
+    _locator_classes = [_EntryCacheLocator] + list(caching.CompileResultCacheImpl._locator_classes)
+
+
+class _EntryCache(caching.FunctionCache):
+    _impl_class = _EntryCacheImpl
+
+
+class _PlainArgs:
+    """Literal argument types (a constant ``0`` at a call site) typed as their plain types,
+    so that a constant and a variable do not compile a function twice."""
+
+    def get_call_template(self, args, kws):
+        args = tuple(types.unliteral(a) for a in args)
+        kws = {k: types.unliteral(v) for k, v in kws.items()}
+        return super().get_call_template(args, kws)
+
+
+class EntryDispatcher(_PlainArgs, CPUDispatcher):
+    """A Python-callable compiled function cached in ``cache_dir()``."""
+
+    def enable_caching(self):
+        self._cache = _EntryCache(self.py_func)
+
+
+def entry(func=None, cache=True, **options):
+    """Decorator: a compiled function Python calls (see the module docstring)."""
+    opts = dict(BASE_OPTIONS)
+    opts.update(options)
+
+    def wrap(f):
+        d = EntryDispatcher(py_func=f, locals={}, targetoptions=opts)
+        if cache:
+            d.enable_caching()
+        return d
+    return wrap if func is None else wrap(func)
+
+
+try:   # Numba's compiler internals, as of the releases this was written against
+    from numba.core.codegen import JITCodeLibrary
+    from numba.core.compiler import CompilerBase, DefaultPassBuilder
+    from numba.core.compiler_machinery import LoweringPass, register_pass
+    from numba.core.typed_passes import AnnotateTypes, NativeLowering
+
+    class LinkOnlyLibrary(JITCodeLibrary):
+        """A kernel's IR, kept for linking into callers: never optimised or compiled to
+        machine code on its own."""
+
+        def get_pointer_to_function(self, name):
+            return 0   # no machine code: the dispatcher's entry is never called
+
+        @property
+        def codegen(self):
+            return _NoEnvCodegen(self._codegen)
+
+        def finalize(self):
+            # What CPUCodeLibrary.finalize does first (link the kernels this one calls),
+            # without the optimisation and machine code that follow it there.
+            seen = set()
+            for library in self._linking_libraries:
+                if library not in seen:
+                    seen.add(library)
+                    self._reload_init.update(library._reload_init)
+                    self._final_module.link_in(library._get_module_for_linking(),
+                                               preserve=True)
+            self._finalized = True
+
+        def serialize_using_object_code(self):
+            raise TypeError("link-only kernels are not cached on their own")
+
+    class _NoEnvCodegen:
+        """The library's codegen, minus ``set_env``: a kernel's environment (used only to
+        raise exceptions that carry runtime values, which kernels do not) has no global
+        in the JIT engine to point at."""
+
+        def __init__(self, real):
+            self._real = real
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+        def set_env(self, env_name, env):
+            pass
+
+    @register_pass(mutates_CFG=False, analysis_only=False)
+    class UseLinkOnlyLibrary(LoweringPass):
+        _name = "fastbp_link_only_library"
+
+        def __init__(self):
+            LoweringPass.__init__(self)
+
+        def run_pass(self, state):
+            state.library = LinkOnlyLibrary(state.targetctx.codegen(),
+                                            state.func_id.func_qualname)
+            return True
+
+    class KernelCompiler(CompilerBase):
+        """Numba's nopython pipeline with a link-only library under the lowering."""
+
+        def define_pipelines(self):
+            pm = DefaultPassBuilder.define_nopython_pipeline(self.state)
+            pm.add_pass_after(UseLinkOnlyLibrary, AnnotateTypes)
+            pm.finalize()
+            if not any(p is NativeLowering for p, _ in pm.passes):
+                raise RuntimeError("unexpected Numba pipeline")
+            return [pm]
+
+    LINK_ONLY = os.environ.get("FASTBP_LINK_ONLY", "1") != "0"
+except (ImportError, AttributeError):   # pragma: no cover - another Numba release
+    KernelCompiler = None
+    LINK_ONLY = False
+
+
+class KernelDispatcher(_PlainArgs, CPUDispatcher):
+    """A kernel: compiled into the entries that call it, never called from Python."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"{self.py_func.__qualname__} is a kernel, compiled only into the "
+                        f"entry points that call it; call it from @njit code, or make a "
+                        f"callable copy with fastbp.kernels.jit.entry_for")
+
+
+def kernel(func=None, **options):
+    """Decorator: compiled code called only from other compiled code (module docstring)."""
+    opts = dict(BASE_OPTIONS, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+    opts.update(options)
+
+    def wrap(f):
+        if LINK_ONLY:
+            return KernelDispatcher(py_func=f, locals={}, targetoptions=opts,
+                                    pipeline_class=KernelCompiler)
+        # Fallback: an ordinary cached function (it keeps its Python wrapper).
+        del opts["no_cpython_wrapper"], opts["no_cfunc_wrapper"]
+        return entry(f, **opts)
+    return wrap if func is None else wrap(func)
+
+
+def entry_for(kern, **options):
+    """A Python-callable copy of a kernel (tests and benchmarks call kernels this way)."""
+    if isinstance(kern, EntryDispatcher):
+        return kern
+    opts = dict(kern.targetoptions)
+    opts.pop("no_cpython_wrapper", None)
+    opts.pop("no_cfunc_wrapper", None)
+    opts.update(options)
+    return entry(kern.py_func, cache=False, **opts)
