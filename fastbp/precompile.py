@@ -26,16 +26,21 @@ WAIT_SECONDS = 120      # the longest a predict waits for the child before compi
 def _cached(dispatcher, dtype):
     """Whether ``dispatcher`` has a compiled overload for ``dtype`` in memory or on disk
     for this machine (Numba's cache index, read without loading anything)."""
-    name = f"array({dtype}"
-    if any(name in str(sig) for sig in dispatcher.overloads):
+    import numpy as np
+    from numba import from_dtype, types
+    nd = from_dtype(np.dtype(dtype))
+
+    def of_dtype(sig):
+        return any(isinstance(t, types.Array) and t.dtype == nd for t in sig)
+
+    if any(of_dtype(sig) for sig in dispatcher.overloads):
         return True
     try:
-        cache_file = dispatcher._cache._cache_file
-        index = cache_file._load_index()
+        index = dispatcher._cache._cache_file._load_index()
         magic = dispatcher.targetctx.codegen().magic_tuple()
     except Exception:   # noqa: BLE001 - no readable index: treat as not cached
         return False
-    return any(name in str(key[0]) and key[1] == magic for key in index)
+    return any(of_dtype(key[0]) and key[1] == magic for key in index)
 
 
 def start(dtype):
@@ -51,7 +56,9 @@ def start(dtype):
         if _cached(cpu.train_chunk, dtype) or _cached(cpu.forward_tiles, dtype):
             _children[dtype] = None
             return
-        code = f"from fastbp.precompile import _compile_inference; _compile_inference({dtype!r})"
+        # Niced: on a machine whose cores are all busy it takes only what the fit leaves.
+        code = (f"import os; os.nice(10); from fastbp.precompile import _compile_inference; "
+                f"_compile_inference({dtype!r})")
         try:
             _children[dtype] = subprocess.Popen(
                 [sys.executable, "-c", code], stdin=subprocess.DEVNULL,

@@ -1,0 +1,75 @@
+"""How kernels compile (kernels.jit): once per signature, only inside entry points, cached
+with every kernel source in the key; and the first run's background compile of inference
+(fastbp.precompile), which must change no number."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp.kernels import cpu, jit
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def test_kernels_are_link_only_and_refuse_python_calls():
+    assert jit.LINK_ONLY, "Numba's internals moved: kernels compile the slow way"
+    assert isinstance(cpu.gemm_weight_grad, jit.KernelDispatcher)
+    with pytest.raises(TypeError, match="entry_for"):
+        cpu.exp_inplace(np.zeros(4), 0, 4)
+    a = np.array([0.0, 1.0, 2.0])
+    jit.entry_for(cpu.exp_inplace)(a, 0, 3)
+    np.testing.assert_allclose(a, np.exp([0.0, 1.0, 2.0]), rtol=1e-15)
+
+
+def test_a_fit_and_its_inference_compile_each_entry_once():
+    """A constant and a variable argument, a kernel reached from two entries, a gradient
+    and a fit: one signature of each entry (literal types are not specialised)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    net = fastbp.MLP([5, 16, 2], device="cpu", seed=0)
+    net.fit(X, y, epochs=2, batch_size=32, validation_split=0.2)
+    net.predict(X)
+    net.evaluate(X, y)
+    net.loss_and_grads(X, y)
+    for entry in (cpu.train_chunk, cpu.forward_tiles, cpu.loss_sum):
+        f32 = [s for s in entry.signatures if "float32" in str(s)]
+        assert len(f32) == 1, (entry.py_func.__name__, f32)
+
+
+SCRIPT = r"""
+import sys
+import numpy as np
+import fastbp
+from fastbp import precompile
+rng = np.random.default_rng(0)
+X = rng.normal(size=(500, 6)).astype(np.float32)
+y = (X[:, 0] > 0).astype(int)
+net = fastbp.MLP([6, 8, 2], seed=0, device="cpu")
+net.fit(X, y, epochs=1, batch_size=32)
+child = precompile._children.get("float32")
+print("CHILD", child is not None)
+p = net.predict_proba(X)
+print("PROBA", p.tobytes().hex()[:64], float(p.sum()))
+"""
+
+
+def test_a_first_run_compiles_inference_in_a_second_process_and_changes_nothing(tmp_path):
+    """Empty cache: the fit starts a child that compiles inference; the next process finds
+    everything cached, starts none, and predicts the same bits."""
+    env = dict(os.environ, FASTBP_CACHE_DIR=str(tmp_path), FASTBP_NUM_THREADS="2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("FASTBP_BACKGROUND_COMPILE", None)
+    runs = []
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs.append(dict(line.split(" ", 1) for line in res.stdout.splitlines()
+                         if line.startswith(("CHILD", "PROBA"))))
+    assert runs[0]["CHILD"] == "True" and runs[1]["CHILD"] == "False"
+    assert runs[0]["PROBA"] == runs[1]["PROBA"]
