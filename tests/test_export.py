@@ -405,6 +405,8 @@ def test_skl2onnx_classifier_options(blobs):
     _, sess, outs = _convert(pipe, X, {id(clf): {"zipmap": False,
                                                  "output_class_labels": True}})
     np.testing.assert_array_equal(outs[2], clf.classes_)
+    with pytest.raises(ConfigError, match="target_opset 12 is below 13"):
+        skl2onnx.to_onnx(pipe, X[:1], target_opset=12)
 
 
 def test_skl2onnx_multilabel_and_regressors(blobs):

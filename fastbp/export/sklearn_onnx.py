@@ -65,18 +65,24 @@ class _RegisterOnImport(importlib.abc.MetaPathFinder):
                 break
         else:
             return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        run = spec.loader.exec_module
+        run = loader.exec_module
 
         def exec_module(module):
+            try:                    # one shot: a loader may serve other modules too
+                del loader.exec_module
+            except AttributeError:
+                pass
             run(module)
-            _register_quietly()
+            if module.__name__ == "skl2onnx":
+                _register_quietly()
 
         try:
-            spec.loader.exec_module = exec_module
+            loader.exec_module = exec_module
         except (AttributeError, TypeError):
-            return spec
+            pass                    # a loader that takes no attributes: no hook, no harm
         return spec
 
 
