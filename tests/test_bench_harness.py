@@ -24,7 +24,8 @@ def test_onnx_vs_torch_harness_runs(tmp_path):
     out = tmp_path / "r.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "onnx_vs_torch.py"), "--shapes",
-         "narrow", "--calls", "16,64", "--rows", "64", "--reps", "1", "--json", str(out)],
+         "narrow", "--calls", "16,64", "--rows", "64", "--reps", "1", "--rounds", "1",
+         "--gap", "0", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
