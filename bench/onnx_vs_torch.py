@@ -1,7 +1,7 @@
 """Inference of an exported model: ONNX Runtime vs torch.nn.Sequential eager on the CPU.
 
     python bench/onnx_vs_torch.py [--shapes narrow,mnist,wide] [--calls 1,64,4096]
-                                  [--rows 4096] [--rounds 3] [--reps 5] [--gap 0.5]
+                                  [--rows 4096] [--rounds 5] [--reps 3] [--gap 0.5]
                                   [--threads N] [--dtype float32] [--json out.json] [--quick]
 
 One process, one fastbp model per shape (ReLU hidden layers, the weights of a short fit on
@@ -47,7 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from compare import SHAPES, cpu_model, make_data, versions  # noqa: E402
+from compare import LOAD_WARN, SHAPES, cpu_model, make_data, versions  # noqa: E402
 
 PEERS = ("onnxruntime", "torch", "fastbp")
 
@@ -163,6 +163,12 @@ def run(args):
           f"{len(report['results'])} configurations (ratio of medians; spread in brackets)")
     report["summary"] = dict(ort_at_least_as_fast=wins, configurations=len(report["results"]),
                              min_ratio=min(r["torch_over_ort"] for r in report["results"]))
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_after"] = os.getloadavg()[0]
+        busiest = max(report["machine"]["load_before"], report["machine"]["load_after"])
+        if busiest > LOAD_WARN * os.cpu_count():
+            print(f"warning: load average {busiest:.2f} on {os.cpu_count()} cores around the "
+                  f"run: other processes shared the cores, and the figures are noisy")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -178,8 +184,8 @@ def build_parser():
                    type=lambda s: [int(t) for t in s.split(",") if t],
                    help="rows per call, one configuration each (default 1,64,4096)")
     p.add_argument("--rows", type=int, default=4096, help="rows predicted per repetition")
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per round")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of blocks (peer by peer)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of blocks (peer by peer)")
     p.add_argument("--threads", type=int, default=None, help="default: all cores")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--gap", type=float, default=0.5,
