@@ -11,8 +11,9 @@ if not _os.path.isdir(_os.path.join(_here, "kernels")) and \
 
 from . import callbacks, schedules
 from .callbacks import Callback, History
-from .errors import (ConfigError, DataError, DataTypeError, ModelFileError, NotFittedError,
-                     TrainingDivergedError)
+from .errors import (ConfigError, DataError, DataTypeError, MissingDependencyError,
+                     ModelFileError, NotFittedError, TrainingDivergedError)
+from .export.torch_interop import from_torch
 from .model import MLP, load
 from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
 from .plotting import plot_history
@@ -21,6 +22,8 @@ from .warmup import warmup
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "load", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer", "History",
-           "Callback", "warmup", "get_num_threads", "set_num_threads", "plot_history", "callbacks", "schedules", "ConfigError", "DataError", "DataTypeError",
+__all__ = ["MLP", "load", "from_torch", "SGD", "Adam", "AdamW", "RMSprop", "Optimizer",
+           "History", "Callback", "warmup", "get_num_threads", "set_num_threads",
+           "plot_history", "callbacks", "schedules",
+           "ConfigError", "DataError", "DataTypeError", "MissingDependencyError",
            "ModelFileError", "NotFittedError", "TrainingDivergedError", "__version__"]

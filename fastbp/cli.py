@@ -1,8 +1,9 @@
-"""The ``fastbp`` command: train, predict, evaluate, bench, demo, info.
+"""The ``fastbp`` command: train, predict, evaluate, export, bench, demo, info.
 
     fastbp train DATA --target COLUMN --layers 256,128 --out model.npz
     fastbp predict model.npz DATA --out preds.csv
     fastbp evaluate model.npz DATA --target COLUMN
+    fastbp export model.npz model.onnx [--opset 17] [--output auto|logits]
 
 DATA is .csv (header row), .npy (2-D; columns named 0, 1, ...), .npz (arrays X and y) or
 .parquet (needs pyarrow). Errors print one line to stderr and exit with status 1 (usage
@@ -15,6 +16,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 
@@ -76,6 +78,7 @@ def cmd_info(args):
 
 # --------------------------------------------------------------------- train/predict
 META_KEY = "cli_meta"
+SAFETENSORS_META_KEY = "fastbp.cli_meta"
 CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
 LOSS_CHOICES = ("auto", "cross_entropy", "binary_cross_entropy", "mse", "mae", "huber")
 MAX_AUTO_CLASSES = 20
@@ -176,6 +179,10 @@ def _save_with_meta(net, path, meta):
     import numpy as np
 
     from .persistence import atomic_write
+    if path.endswith(".safetensors"):
+        from .export import safetensors_io
+        safetensors_io.save(net, path, metadata={SAFETENSORS_META_KEY: json.dumps(meta)})
+        return
     net.save(path)
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -189,9 +196,14 @@ def _load_model(path):
     import fastbp
     net = fastbp.load(path, device="cpu")
     meta = {}
-    with np.load(path, allow_pickle=False) as z:
-        if META_KEY in z.files:
-            meta = json.loads(str(z[META_KEY]))
+    if zipfile.is_zipfile(path):
+        with np.load(path, allow_pickle=False) as z:
+            if META_KEY in z.files:
+                meta = json.loads(str(z[META_KEY]))
+    else:
+        from .export import safetensors_io
+        text = safetensors_io.read_metadata(path).get(SAFETENSORS_META_KEY)
+        meta = json.loads(text) if text else {}
     return net, meta
 
 
@@ -246,8 +258,8 @@ def cmd_train(args):
         from mpi4py import MPI
         comm, rank, size = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
     say = print if rank == 0 else (lambda *a, **k: None)
-    if not args.out.endswith(".npz"):
-        raise CLIError(f"--out must name a .npz file, got {args.out!r}")
+    if not args.out.endswith((".npz", ".safetensors")):
+        raise CLIError(f"--out must name a .npz or .safetensors file, got {args.out!r}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise CLIError(f"--out: directory {out_dir} does not exist")
@@ -370,6 +382,19 @@ def cmd_evaluate(args):
     print(f"{args.data}: {X.shape[0]} rows, target {target!r}")
     for k, v in res.items():
         print(f"{k}: {v:.6f}")
+    return 0
+
+
+def cmd_export(args):
+    from .export import export
+    net, meta = _load_model(args.model)
+    # The class labels and feature names of 'fastbp train' go where the format has room.
+    carries = os.path.splitext(args.out)[1].lower() in (".onnx", ".safetensors")
+    metadata = {SAFETENSORS_META_KEY: json.dumps(meta)} if meta and carries else None
+    fmt = export(net, args.out, opset=args.opset, output=args.output, metadata=metadata)
+    if fmt == "npz" and meta:
+        _save_with_meta(net, args.out, meta)
+    print(f"wrote {args.out} ({fmt}) from {args.model}: {net}")
     return 0
 
 
@@ -505,6 +530,21 @@ def build_parser():
                     help="target column (default: the training target, or an .npz's y)")
     ev.set_defaults(func=cmd_evaluate)
 
+    ex = sub.add_parser("export", help="write a saved model as ONNX, safetensors, .npz or a "
+                        "PyTorch state_dict (the format from the suffix)",
+                        description="Write MODEL (.npz or .safetensors) as OUT: .onnx (ONNX "
+                        "graph; needs the 'onnx' extra), .safetensors (needs the "
+                        "'safetensors' extra), .npz, or .pt/.pth (the state_dict of "
+                        "MLP.to_torch(); needs PyTorch). The format comes from OUT's suffix.")
+    ex.add_argument("model", metavar="MODEL")
+    ex.add_argument("out", metavar="OUT")
+    ex.add_argument("--opset", type=_positive_int, default=None,
+                    help="ONNX opset (default 17; 13 to the newest the installed onnx knows)")
+    ex.add_argument("--output", default="auto", choices=["auto", "logits"],
+                    help="auto: end in the loss's head (probabilities or values), as "
+                    "predict_proba/predict; logits: the last layer before it (.onnx, .pt)")
+    ex.set_defaults(func=cmd_export)
+
     sub.add_parser("bench", help="side-by-side throughput vs PyTorch/scikit-learn/NumPy "
                    "(runs bench/compare.py of a source checkout; options are passed on)",
                    add_help=False)
@@ -526,7 +566,8 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    from .errors import (ConfigError, DataError, ModelFileError, TrainingDivergedError)
+    from .errors import (ConfigError, DataError, MissingDependencyError, ModelFileError,
+                         TrainingDivergedError)
     try:
         if argv[:1] == ["bench"]:
             return cmd_bench(argv[1:])
@@ -537,7 +578,7 @@ def main(argv=None):
         print("fastbp: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ConfigError, DataError, ModelFileError, TrainingDivergedError,
-            FileNotFoundError) as e:
+            FileNotFoundError, MissingDependencyError) as e:
         print(f"fastbp: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

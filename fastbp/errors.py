@@ -23,3 +23,8 @@ class TrainingDivergedError(FloatingPointError):
 
 class ModelFileError(ValueError):
     """A model file is truncated, corrupted, foreign or from a future format version."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency (onnx, torch, safetensors, ...) is not installed; the message
+    names the extra that installs it."""

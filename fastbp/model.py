@@ -640,9 +640,28 @@ class MLP:
         return loss, self._unflatten(grads)
 
     # ----------------------------------------------------------------- persistence
-    def save(self, path):
-        """Write weights and config to one .npz (no pickle); the write is atomic."""
-        persistence.save(self, path)
+    def save(self, path, format=None):
+        """Write weights and config to one file, atomically and without pickle: .npz, or
+        .safetensors (needs the ``safetensors`` extra); the format comes from the suffix
+        unless ``format`` ("npz" or "safetensors") is given."""
+        persistence.save(self, path, format=format)
+
+    def to_onnx(self, path=None, opset=None, output="auto"):
+        """The network as an ``onnx.ModelProto`` (needs the ``onnx`` extra), written to
+        ``path`` when given: MatMul, Add and the activation per layer, then softmax,
+        sigmoid or nothing as the loss's head (``output="logits"``: no head). Input
+        ``input`` (batch, n_in), output (batch, n_out), in the model's dtype; ``opset`` 13
+        to the newest the installed onnx knows, default 17. See
+        :func:`fastbp.export.onnx_graph.to_onnx`."""
+        from .export.onnx_graph import to_onnx
+        return to_onnx(self, path=path, opset=opset, output=output)
+
+    def to_torch(self, output="auto"):
+        """The network as a ``torch.nn.Sequential`` of ``Linear`` and activation modules
+        with the same weights, ending in the loss's head unless ``output="logits"``. See
+        :func:`fastbp.export.torch_interop.to_torch`."""
+        from .export.torch_interop import to_torch
+        return to_torch(self, output=output)
 
     def __getstate__(self):
         """Everything but the engine (device buffers, compiled objects, thread-local

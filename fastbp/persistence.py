@@ -1,4 +1,7 @@
-"""Model files: one .npz holding weights, a JSON config and a format version; no pickle."""
+"""Model files: one .npz holding weights, a JSON config and a format version; no pickle.
+
+``save`` and ``load`` also read and write .safetensors (``fastbp.export.safetensors_io``).
+"""
 import json
 import os
 import tempfile
@@ -7,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from .errors import ModelFileError
+from .errors import ConfigError, ModelFileError
 
 FORMAT_NAME = "fastbp-mlp"
 FORMAT_VERSION = 1
@@ -47,7 +50,13 @@ def _file_mode(path):
         return 0o666 & ~umask
 
 
-def save(model, path):
+def save(model, path, format=None):
+    """Write ``model`` to ``path`` as .npz (default) or .safetensors, by suffix or
+    ``format``; ConfigError for any other suffix."""
+    if save_format(path, format) == "safetensors":
+        from .export import safetensors_io
+        safetensors_io.save(model, path)
+        return
     header = dict(format=FORMAT_NAME, format_version=FORMAT_VERSION,
                   config=model.get_config(), trainable=model._trainable.tolist())
     arrays = {"header": np.array(json.dumps(header))}
@@ -70,11 +79,84 @@ def _read_arrays(path):
                              f"(truncated or corrupted?): {e}") from None
 
 
+def save_format(path, format=None):
+    """"npz" or "safetensors": ``format`` when given, else from ``path``'s suffix."""
+    from .export import SUFFIX_FORMATS, format_of
+    if format is not None:
+        if format not in SAVE_FORMATS:
+            raise ConfigError(f"format must be one of {list(SAVE_FORMATS)} or None (from the "
+                              f"suffix), got {format!r}")
+        return format
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if SUFFIX_FORMATS.get(suffix) in EXPORT_HINTS:
+        raise ConfigError(f"save writes fastbp model files (.npz, .safetensors), not "
+                          f"{suffix!r}: {EXPORT_HINTS[SUFFIX_FORMATS[suffix]]}")
+    return format_of(path, SAVE_FORMATS, "save")
+
+
+SAVE_FORMATS = ("npz", "safetensors")
+EXPORT_HINTS = {"onnx": "export ONNX with net.to_onnx(path)",
+                "torch": "net.to_torch() gives a torch.nn.Sequential to torch.save"}
+
+
+def _sniff(path):
+    """"npz" or "safetensors" from the file's first bytes, or None."""
+    if zipfile.is_zipfile(path):
+        return "npz"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    if len(head) == 9 and head[8:9] == b"{" and \
+            2 <= int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    return None
+
+
+def check_layer_shapes(sizes, shapes, names=None, transposed=False):
+    """None when ``shapes``, ``[(W shape, b shape)]`` per layer, are those of a network of
+    ``sizes``; otherwise the reason, for ModelFileError. W is (n_in, n_out), or (n_out,
+    n_in) when ``transposed`` (PyTorch's layout); ``names`` name the tensors in messages
+    (default W1, b1, ...). Run on an untrusted file's config before anything is allocated
+    from its sizes."""
+    if not isinstance(sizes, list) or len(sizes) < 2 or \
+            any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in sizes):
+        return f"sizes {sizes!r} is not a list of at least two positive ints"
+    if len(shapes) != len(sizes) - 1:
+        return (f"the config's sizes {sizes} make {len(sizes) - 1} layers, the file holds "
+                f"weights of {len(shapes)}")
+    for l, (w, b) in enumerate(shapes):
+        wname, bname = names[l] if names else (f"W{l + 1}", f"b{l + 1}")
+        want = (sizes[l + 1], sizes[l]) if transposed else (sizes[l], sizes[l + 1])
+        if tuple(w) != want:
+            return f"{wname} has shape {tuple(w)}, the config's sizes {sizes} need {want}"
+        if tuple(b) != (sizes[l + 1],):
+            return (f"{bname} has shape {tuple(b)}, the config's sizes {sizes} need "
+                    f"{(sizes[l + 1],)}")
+    return None
+
+
 def load(path, device=None):
-    from .model import MLP
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no model file at {path!r}")
+    kind = _sniff(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if kind == "safetensors" or (kind is None and suffix == ".safetensors"):
+        from .export import safetensors_io
+        return safetensors_io.load(path, device=device)
+    if kind is None and suffix in (".onnx", ".pt", ".pth"):
+        raise ModelFileError(f"{path!r}: fastbp.load reads fastbp's .npz and .safetensors "
+                             f"model files; ONNX and PyTorch files are exports (a "
+                             f"torch.nn.Sequential comes back with fastbp.from_torch)")
+    return _load_npz(path, device)
+
+
+def _load_npz(path, device):
+    from .model import MLP
     files = _read_arrays(path)
     try:
         header = json.loads(str(files.pop("header")))
@@ -98,11 +180,18 @@ def load(path, device=None):
     if device is not None:
         cfg["device"] = device
     try:
-        model = MLP(**cfg)
-        n = 2 * model.layout.n_layers
+        sizes = cfg.get("sizes")
+        n = 2 * (len(sizes) - 1) if isinstance(sizes, list) else 0
         missing = [f"w{i}" for i in range(n) if f"w{i}" not in files]
         if missing:
             raise KeyError(f"missing weight arrays {missing}")
+        # Sizes from the file are checked against the arrays actually in it before the
+        # model allocates anything from them.
+        problem = check_layer_shapes(sizes, [(files[f"w{i}"].shape, files[f"w{i + 1}"].shape)
+                                             for i in range(0, n, 2)])
+        if problem:
+            raise ValueError(problem)
+        model = MLP(**cfg)
         model.set_weights([files[f"w{i}"] for i in range(n)])
         trainable = header.get("trainable")
         if trainable is not None:

@@ -550,3 +550,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
+
+
+# skl2onnx looks converters up in its own registry: fill it when skl2onnx is imported, not
+# here, so that this import stays light (fastbp.export.sklearn_onnx explains how).
+from .export.sklearn_onnx import register_when_imported as _register_onnx  # noqa: E402
+
+_register_onnx()

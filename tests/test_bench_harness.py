@@ -17,3 +17,20 @@ def test_micro_benchmarks_run():
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_onnx_vs_torch_harness_runs(tmp_path):
+    """bench/onnx_vs_torch.py end to end on a tiny configuration (timings not checked)."""
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "onnx_vs_torch.py"), "--shapes",
+         "narrow", "--calls", "16,64", "--rows", "64", "--reps", "1", "--rounds", "1",
+         "--gap", "0", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu"] and len(report["results"]) == 2
+    for r in report["results"]:
+        assert set(r["median_s"]) == {"onnxruntime", "torch", "fastbp"}
+        assert max(r["max_abs_diff_vs_fastbp"].values()) < 1e-5

@@ -333,7 +333,8 @@ def test_foreign_files_raise_model_file_error(tmp_path, kind, match):
     (dict(config=None), r"no model config"),
     (dict(config={"sizes": [4, 6, 3], "loss": "hinge"}), r"inconsistent: unknown loss"),
     (dict(config={"sizes": [4, 6, 3], "colour": "red"}), r"inconsistent"),
-    (dict(config={"sizes": [4, 7, 3]}), r"inconsistent: set_weights: W1 has shape \(4, 6\)"),
+    (dict(config={"sizes": [4, 7, 3]}), r"inconsistent: W1 has shape \(4, 6\), the config's "
+                                        r"sizes \[4, 7, 3\] need \(4, 7\)"),
     (dict(trainable=[True]), r"inconsistent: trainable flags"),
 ])
 def test_future_or_inconsistent_headers_raise_model_file_error(saved, tmp_path, edit, match):
