@@ -48,10 +48,9 @@ activate = _scalar.activate
 activate_grad = _scalar.activate_grad
 pointwise_loss = _scalar.pointwise_loss
 pointwise_loss_grad = _scalar.pointwise_loss_grad
-sgd_step = _scalar.sgd_step
-adam_step = _scalar.adam_step
-rmsprop_step = _scalar.rmsprop_step
-adam_constants = _scalar.adam_constants
+optimizer_slots = _scalar.optimizer_slots
+optimizer_coefficients = _scalar.optimizer_coefficients
+optimizer_step = _scalar.optimizer_step
 row_metric = _scalar.row_metric
 output_rows = _scalar.output_rows
 loss_scale = _scalar.loss_scale
@@ -506,73 +505,43 @@ def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, act
 
 @kernel
 def step_constants(opt, hyper, lr, step):
-    """What an optimizer step computes once, not once per block: Adam's bias-corrected
-    (step_size, inv_bias2_sqrt, l2, decay); zeros for the others."""
-    if opt == m.ADAM:
-        return adam_constants(lr, hyper[0], hyper[1], hyper[3], hyper[4], step)
-    return 0.0, 0.0, 0.0, 0.0
+    """What an optimizer step computes once, not once per block (kernels.math)."""
+    return optimizer_coefficients(opt, hyper, lr, step)
 
 
 @kernel
 def update_range(opt, params, grad, gscale, state, hyper, lr, consts, lo, hi):
     """One optimizer step of params[lo:hi] from ``grad`` (scaled by ``gscale``).
 
-    ``hyper`` per optimizer: SGD [momentum, nesterov, weight_decay]; Adam/AdamW
-    [beta1, beta2, eps, weight_decay, decoupled]; RMSprop [alpha, eps, momentum, weight_decay].
     ``consts``: the step's ``step_constants``. Every constant is cast to the parameters'
     dtype first, so a float32 model updates in float32 (as torch does), and the arrays are
     sliced to [lo, hi) so the loops index from 0: both are needed for LLVM to vectorise
-    them (10x measured). State slots are touched only when the optimizer owns them.
+    them (10x measured). State slots are touched only when the optimizer uses them: the
+    gradient stands in for the others (kernels.math.optimizer_step returns them unread).
     """
     T = params.dtype.type
     gs = T(gscale)
-    lr_ = T(lr)
+    k0, k1, k2, k3, k4 = T(consts[0]), T(consts[1]), T(consts[2]), T(consts[3]), T(consts[4])
+    k5, k6, k7, k8, k9 = T(consts[5]), T(consts[6]), T(consts[7]), T(consts[8]), T(consts[9])
     p = params[lo:hi]
     g = grad[lo:hi]
     n = hi - lo
-    if opt == m.SGD:
-        mom = T(hyper[0])
-        nest = T(hyper[1])
-        wd = T(hyper[2])
-        if mom != 0:
-            buf = state[0, lo:hi]
-            for i in range(n):
-                p[i], buf[i] = sgd_step(p[i], g[i] * gs, buf[i], lr_, mom, nest, wd)
-        else:
-            for i in range(n):
-                p[i], _ = sgd_step(p[i], g[i] * gs, g[i], lr_, mom, nest, wd)
-    elif opt == m.ADAM:
-        step_size, inv_b2, l2, decay = consts
-        b1 = T(hyper[0])
-        b2 = T(hyper[1])
-        omb1 = T(1.0 - hyper[0])
-        omb2 = T(1.0 - hyper[1])
-        eps = T(hyper[2])
-        l2_ = T(l2)
-        decay_ = T(decay)
-        ss = T(step_size)
-        ib2 = T(inv_b2)
-        mb = state[0, lo:hi]
-        vb = state[1, lo:hi]
+    slots = optimizer_slots(opt, hyper)
+    if slots == 0:
         for i in range(n):
-            p[i], mb[i], vb[i] = adam_step(p[i], g[i] * gs, mb[i], vb[i], b1, omb1, b2, omb2,
-                                           eps, l2_, decay_, ss, ib2)
-    else:  # RMSPROP
-        alpha = T(hyper[0])
-        oma = T(1.0 - hyper[0])
-        eps = T(hyper[1])
-        mom = T(hyper[2])
-        wd = T(hyper[3])
-        sq = state[0, lo:hi]
-        if mom > 0:
-            buf = state[1, lo:hi]
-            for i in range(n):
-                p[i], sq[i], buf[i] = rmsprop_step(p[i], g[i] * gs, sq[i], buf[i], lr_, alpha,
-                                                   oma, eps, mom, wd)
-        else:
-            for i in range(n):
-                p[i], sq[i], _ = rmsprop_step(p[i], g[i] * gs, sq[i], g[i], lr_, alpha, oma,
-                                              eps, mom, wd)
+            p[i], _, _ = optimizer_step(opt, p[i], g[i] * gs, g[i], g[i], k0, k1, k2, k3, k4,
+                                        k5, k6, k7, k8, k9)
+    elif slots == 1:
+        s0 = state[0, lo:hi]
+        for i in range(n):
+            p[i], s0[i], _ = optimizer_step(opt, p[i], g[i] * gs, s0[i], g[i], k0, k1, k2, k3,
+                                            k4, k5, k6, k7, k8, k9)
+    else:
+        s0 = state[0, lo:hi]
+        s1 = state[1, lo:hi]
+        for i in range(n):
+            p[i], s0[i], s1[i] = optimizer_step(opt, p[i], g[i] * gs, s0[i], s1[i], k0, k1,
+                                                k2, k3, k4, k5, k6, k7, k8, k9)
 
 
 @kernel(fastmath=FAST)

@@ -104,9 +104,7 @@ activate = _scalar.activate
 activate_grad = _scalar.activate_grad
 pointwise_loss = _scalar.pointwise_loss
 pointwise_loss_grad = _scalar.pointwise_loss_grad
-sgd_step = _scalar.sgd_step
-adam_step = _scalar.adam_step
-rmsprop_step = _scalar.rmsprop_step
+optimizer_step = _scalar.optimizer_step
 dropout_keep = _scalar.dropout_keep
 loss_scale = _scalar.loss_scale
 row_metric = _scalar.row_metric
@@ -219,39 +217,32 @@ def grad_sq_sum(grads, ranges, n_total, sq, k, status):
 
 
 @cuda.jit(device=True)
-def apply_update(opt, params, state, hyper, i, g, lr, bias1, bias2_sqrt):
-    """Optimizer step of parameter ``i`` with gradient ``g`` (kernels.cpu.update_range's
-    rules); ``update`` and the fused chunk kernel share it."""
-    if opt == m.SGD:
-        if hyper[0] != 0.0:
-            params[i], state[0, i] = sgd_step(params[i], g, state[0, i], lr, hyper[0],
-                                              hyper[1], hyper[2])
-        else:
-            params[i], _ = sgd_step(params[i], g, 0.0, lr, 0.0, 0.0, hyper[2])
-    elif opt == m.ADAM:
-        # bias1 = 1 - b1^t, bias2_sqrt = sqrt(1 - b2^t), from the host.
-        if hyper[4] != 0.0:
-            l2, decay = 0.0, 1.0 - lr * hyper[3]
-        else:
-            l2, decay = hyper[3], 1.0
-        params[i], state[0, i], state[1, i] = adam_step(
-            params[i], g, state[0, i], state[1, i], hyper[0], 1.0 - hyper[0], hyper[1],
-            1.0 - hyper[1], hyper[2], l2, decay, lr / bias1, 1.0 / bias2_sqrt)
-    else:  # RMSPROP
-        if hyper[2] > 0.0:
-            params[i], state[0, i], state[1, i] = rmsprop_step(
-                params[i], g, state[0, i], state[1, i], lr, hyper[0], 1.0 - hyper[0],
-                hyper[1], hyper[2], hyper[3])
-        else:
-            params[i], state[0, i], _ = rmsprop_step(
-                params[i], g, state[0, i], 0.0, lr, hyper[0], 1.0 - hyper[0], hyper[1],
-                0.0, hyper[3])
+def apply_update(opt, params, state, slots, i, g, coef, k):
+    """Optimizer step of parameter ``i`` with gradient ``g`` (kernels.math's rule):
+    coef[k] holds the step's coefficients (kernels.math.optimizer_coefficients, from the
+    host), ``slots`` the state slots the rule uses; ``update`` and the fused chunk kernel
+    share it."""
+    if slots == 0:
+        params[i], _, _ = optimizer_step(opt, params[i], g, g, g, coef[k, 0], coef[k, 1],
+                                         coef[k, 2], coef[k, 3], coef[k, 4], coef[k, 5],
+                                         coef[k, 6], coef[k, 7], coef[k, 8], coef[k, 9])
+    elif slots == 1:
+        params[i], state[0, i], _ = optimizer_step(
+            opt, params[i], g, state[0, i], g, coef[k, 0], coef[k, 1], coef[k, 2],
+            coef[k, 3], coef[k, 4], coef[k, 5], coef[k, 6], coef[k, 7], coef[k, 8],
+            coef[k, 9])
+    else:
+        params[i], state[0, i], state[1, i] = optimizer_step(
+            opt, params[i], g, state[0, i], state[1, i], coef[k, 0], coef[k, 1], coef[k, 2],
+            coef[k, 3], coef[k, 4], coef[k, 5], coef[k, 6], coef[k, 7], coef[k, 8],
+            coef[k, 9])
 
 
 @cuda.jit
-def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_sqrt,
-           clip_norm, sq, out, k, status):
-    """One optimizer step over the trainable parameters (kernels.cpu.update_range's rules).
+def update(opt, params, grads, state, slots, ranges, n_total, coef, ck, clip_norm, sq, out,
+           k, status):
+    """One optimizer step over the trainable parameters (kernels.math's rules), with the
+    coefficients of coef[ck].
 
     Batch ``k``'s loss ``out[k, 0]`` is checked first: when it is not finite, the step is
     refused and ``status`` makes every later kernel of the chunk return at once.
@@ -267,7 +258,7 @@ def update(opt, params, grads, state, hyper, ranges, n_total, lr, bias1, bias2_s
         gscale = min(1.0, clip_norm / (math.sqrt(sq[k]) + 1e-6))
     for j in range(cuda.grid(1), n_total, cuda.gridsize(1)):
         i = _flat_index(ranges, j)
-        apply_update(opt, params, state, hyper, i, grads[i] * gscale, lr, bias1, bias2_sqrt)
+        apply_update(opt, params, state, slots, i, grads[i] * gscale, coef, ck)
 
 
 @cuda.jit
@@ -845,7 +836,8 @@ class CudaEngine:
             row_w=cuda.to_device(np.ascontiguousarray(row_w, dtype=np.float64)),
             params=cuda.to_device(m_._params), grads=cuda.device_array(lay.n_params, m_.dtype),
             dev_state=cuda.to_device(np.ascontiguousarray(dev_state)),
-            hyper=cuda.to_device(np.asarray(optimizer.hyper(), dtype=np.float64)),
+            hyper_host=optimizer.hyper(),
+            slots=m.optimizer_slots(optimizer.code, optimizer.hyper()),
             ranges=cuda.to_device(ranges), ranges_host=ranges,
             bufs=RowBuffers(lay.sizes, min(batch_size, n), m_.dtype),
             perm=cuda.device_array(n, np.int64), perm_host=None,
@@ -875,7 +867,7 @@ class CudaEngine:
             trainable=cuda.to_device(s.trainable.astype(np.int64)),
             partials=cuda.device_array((n_slots, lay.n_params), m_.dtype),
             part=cuda.device_array((n_slots, 3), np.float64),
-            rates=cuda.device_array((s.out.shape[0], 3), np.float64))
+            rates=cuda.device_array((s.out.shape[0], m.N_COEFFS), np.float64))
 
     def _fused_blocks(self, f, args):
         """Blocks of the cooperative chunk kernel, or 0 where it cannot run: the grid must
@@ -912,15 +904,13 @@ class CudaEngine:
         f = s.fused
         opt = s.optimizer
         if f.rates.shape[0] < nb:
-            f.rates = cuda.device_array((nb, 3), np.float64)
-        rates = np.ones(f.rates.shape, dtype=np.float64)
-        for b in range(nb):
-            rates[b] = (float(lrs[b]),) + self._adam_bias(opt, int(step) + b + 1)
+            f.rates = cuda.device_array((nb, m.N_COEFFS), np.float64)
+        rates = self._coefficients(s, lrs, step, nb, f.rates.shape[0])
         f.rates.copy_to_device(rates)
         args = (s.X, s.Y, s.row_w, s.perm, start, stop, s.batch_size, s.params, s.grads,
                 f.partials, f.part, f.sizes, f.poff, f.acts, f.drop, f.trainable, s.lowest,
                 int(m_._loss_code), s.seed, int(step), f.tile_rows, opt.code, s.dev_state,
-                s.hyper, s.ranges, s.n_trainable, f.rates, clip, s.out, s.status)
+                s.slots, s.ranges, s.n_trainable, f.rates, clip, s.out, s.status)
         blocks = self._fused_blocks(f, args)
         if blocks:
             # Every batch row of out is written before the host reads it: no reset needed.
@@ -940,9 +930,9 @@ class CudaEngine:
                                         s.n_trainable, s.out, b, s.status)
             if clip > 0.0:
                 grad_sq_sum[fgrid, fblock](s.grads, s.ranges, s.n_trainable, s.sq, b, s.status)
-            update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
-                                  s.n_trainable, float(rates[b, 0]), float(rates[b, 1]),
-                                  float(rates[b, 2]), clip, s.sq, s.out, b, s.status)
+            update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.slots, s.ranges,
+                                  s.n_trainable, f.rates, b, clip, s.sq, s.out, b,
+                                  s.status)
 
     def _upload_perm(self, s, perm):
         if s.perm_host is None or not np.array_equal(perm, s.perm_host):
@@ -975,6 +965,7 @@ class CudaEngine:
         n_out = int(lay.sizes[-1])
         reset_chunk[_cdiv(max(nb, 1), FLAT_THREADS), FLAT_THREADS](s.out, s.sq, s.status)
         fgrid, fblock = _flat_grid(s.n_trainable)
+        coef = cuda.to_device(self._coefficients(s, lrs, step, nb, nb))
         for b in range(nb):
             b0 = start + b * bs
             rows = min(bs, stop - b0)
@@ -987,10 +978,8 @@ class CudaEngine:
                                   s.trainable, s.lowest, m_._drop, s.seed, t, 0, s.status)
             if clip > 0.0:
                 grad_sq_sum[fgrid, fblock](s.grads, s.ranges, s.n_trainable, s.sq, b, s.status)
-            bias1, bias2_sqrt = self._adam_bias(opt, t)
-            update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
-                                  s.n_trainable, float(lrs[b]), bias1, bias2_sqrt, clip, s.sq,
-                                  s.out, b, s.status)
+            update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.slots, s.ranges,
+                                  s.n_trainable, coef, b, clip, s.sq, s.out, b, s.status)
 
     # -- data-parallel steps (fastbp.distributed) -------------------------------------
     # With a CUDA-aware MPI the Allreduce buffers are device arrays: G's gradient part IS the
@@ -1082,10 +1071,10 @@ class CudaEngine:
         if clip > 0.0:
             grad_sq_sum[fgrid, fblock](s.grads, s.ranges, s.n_trainable, s.step_sq, 0,
                                        s.step_status)
-        bias1, bias2_sqrt = self._adam_bias(opt, int(step))
-        update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.hyper, s.ranges,
-                              s.n_trainable, float(lr), bias1, bias2_sqrt, clip, s.step_sq,
-                              s.step_out, 0, s.step_status)
+        coef = cuda.to_device(self._coefficients(s, [lr], int(step) - 1, 1, 1))
+        update[fgrid, fblock](opt.code, s.params, s.grads, s.dev_state, s.slots, s.ranges,
+                              s.n_trainable, coef, 0, clip, s.step_sq, s.step_out, 0,
+                              s.step_status)
 
     def param_buffer(self, s, on_device=False):
         """The parameters to sum across ranks (local SGD): the device vector itself, or a
@@ -1106,11 +1095,15 @@ class CudaEngine:
             divide_vector[grid, block](params, float(n_ranks))
 
     @staticmethod
-    def _adam_bias(opt, t):
-        if opt.code != m.ADAM:
-            return 1.0, 1.0
-        hyper = opt.hyper()
-        return 1.0 - float(hyper[0]) ** t, math.sqrt(1.0 - float(hyper[1]) ** t)
+    def _coefficients(s, lrs, step, nb, rows):
+        """(rows, N_COEFFS): the optimizer's coefficients of batches 0..nb-1 after ``step``
+        steps, at learning rates ``lrs`` (kernels.math.optimizer_coefficients, the rule
+        the CPU kernels compile)."""
+        coef = np.zeros((rows, m.N_COEFFS), dtype=np.float64)
+        for b in range(nb):
+            coef[b] = m.optimizer_coefficients(s.optimizer.code, s.hyper_host, float(lrs[b]),
+                                               int(step) + b + 1)
+        return coef
 
     def end_fit(self, s):
         """Copy parameters and optimizer state back to the host (safe to call twice)."""

@@ -331,13 +331,13 @@ def _build(ft):
     @cuda.jit
     def fused_train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, grads,
                           partials, part, sizes, poff, acts, drop, trainable, lowest, loss,
-                          seed, step, T, opt, state, hyper, ranges, n_total, rates,
+                          seed, step, T, opt, state, slots, ranges, n_total, rates,
                           clip_norm, out, status):
         """Every batch of perm[start:stop], one optimizer step each, in one cooperative
         launch (kernels.cpu.train_chunk's semantics).
 
-        ``rates[k]`` = (lr, 1 - b1^t, sqrt(1 - b2^t)) of batch k (from the host, as the
-        layer path's ``update`` gets them); out[k] = [loss, metric sum]. A non-finite loss
+        ``rates[k]``: the optimizer's coefficients of batch k (from the host, as the layer
+        path's ``update`` gets them); out[k] = [loss, metric sum]. A non-finite loss
         sets status = k + 1 and ends the kernel before that batch's update: every thread
         computes the same total from the same partial sums, so every block returns there
         and none is left waiting at a later grid sync.
@@ -369,7 +369,6 @@ def _build(ft):
                 if gid == 0:
                     status[0] = kb + 1
                 return
-            lr = rates[kb, 0]
             gscale = 1.0
             if clip_norm > 0.0:
                 # The norm needs every block's share: reduce, sync, then update.
@@ -385,14 +384,13 @@ def _build(ft):
                 gscale = min(1.0, clip_norm / (math.sqrt(_part_sum(part, nblk, 2, lbuf)) + 1e-6))
                 for j in range(gid, n_total, gsize):
                     i = kc._flat_index(ranges, j)
-                    kc.apply_update(opt, params, state, hyper, i, grads[i] * gscale, lr,
-                                    rates[kb, 1], rates[kb, 2])
+                    kc.apply_update(opt, params, state, slots, i, grads[i] * gscale, rates,
+                                    kb)
             else:
                 for j in range(gid, n_total, gsize):
                     i = kc._flat_index(ranges, j)
                     g = _reduce_grad(partials, used, grads, i)
-                    kc.apply_update(opt, params, state, hyper, i, g * gscale, lr,
-                                    rates[kb, 1], rates[kb, 2])
+                    kc.apply_update(opt, params, state, slots, i, g * gscale, rates, kb)
             grid.sync()     # the next batch reads the updated parameters and reuses part
 
     @cuda.jit

@@ -175,13 +175,52 @@ def dropout_keep(seed, step, layer, row, col, rate):
     return h >= rate * 4294967296.0
 
 
-# Optimizers: one element's update, torch.optim's rules. State lives in flat slots
-# (state[0], state[1]) owned by the caller; each returns the new (param, s0, s1). Constants
-# such as 1 - beta1 come precomputed from the caller, in the parameters' dtype: a float
-# literal here would promote float32 updates to float64 and stop them vectorising.
+# Optimizers: one element's update, torch.optim's rules. Each optimizer has a code, its
+# hyper-parameters by name (their order is that of the packed ``hyper`` array the kernels
+# get: fastbp.optimizers packs it by these names) and its state slots by name (torch.optim's
+# state keys; a slot is a row of the flat (slots, n_params) state). Both backends call the
+# two functions below, and nothing else decodes ``hyper``:
+#
+# * optimizer_coefficients(code, hyper, lr, step): what one step computes once (in
+#   float64): the rule's constants, N_COEFFS of them, named per rule below;
+# * optimizer_step(code, p, g, s0, s1, k0 .. k9): one element's update from those
+#   constants, cast to the parameters' dtype by the caller (a float literal here would
+#   promote float32 updates to float64 and stop them vectorising).
+#
+# An unknown code gives NaN (never another optimizer's rule), caught as divergence.
 SGD = 0
 ADAM = 1
 RMSPROP = 2
+
+OPTIMIZER_HYPER = {
+    SGD: ("momentum", "nesterov", "weight_decay"),
+    ADAM: ("beta1", "beta2", "eps", "weight_decay", "decoupled"),
+    RMSPROP: ("alpha", "eps", "momentum", "weight_decay"),
+}
+OPTIMIZER_STATE = {
+    SGD: ("momentum_buffer",),
+    ADAM: ("exp_avg", "exp_avg_sq"),
+    RMSPROP: ("square_avg", "momentum_buffer"),
+}
+N_COEFFS = 10
+
+
+def _hyper_index(code, name):
+    return OPTIMIZER_HYPER[code].index(name)
+
+
+SGD_MOMENTUM = _hyper_index(SGD, "momentum")
+SGD_NESTEROV = _hyper_index(SGD, "nesterov")
+SGD_WEIGHT_DECAY = _hyper_index(SGD, "weight_decay")
+ADAM_BETA1 = _hyper_index(ADAM, "beta1")
+ADAM_BETA2 = _hyper_index(ADAM, "beta2")
+ADAM_EPS = _hyper_index(ADAM, "eps")
+ADAM_WEIGHT_DECAY = _hyper_index(ADAM, "weight_decay")
+ADAM_DECOUPLED = _hyper_index(ADAM, "decoupled")
+RMSPROP_ALPHA = _hyper_index(RMSPROP, "alpha")
+RMSPROP_EPS = _hyper_index(RMSPROP, "eps")
+RMSPROP_MOMENTUM = _hyper_index(RMSPROP, "momentum")
+RMSPROP_WEIGHT_DECAY = _hyper_index(RMSPROP, "weight_decay")
 
 
 def sgd_step(p, g, buf, lr, momentum, nesterov, weight_decay):
@@ -240,6 +279,52 @@ def adam_constants(lr, beta1, beta2, weight_decay, decoupled, step):
     return step_size, inv_bias2_sqrt, weight_decay, 1.0
 
 
+def optimizer_slots(code, hyper):
+    """State slots optimizer ``code`` uses with these hyper-parameters (SGD's momentum
+    buffer and RMSprop's only with momentum): the kernels touch no others."""
+    if code == SGD:
+        return 1 if hyper[SGD_MOMENTUM] != 0 else 0
+    if code == ADAM:
+        return 2
+    if code == RMSPROP:
+        return 2 if hyper[RMSPROP_MOMENTUM] > 0 else 1
+    return 0
+
+
+def optimizer_coefficients(code, hyper, lr, step):
+    """The N_COEFFS constants of one step of optimizer ``code`` at step ``step`` (1-based)
+    and learning rate ``lr``, in float64 (see optimizer_step for what each rule reads)."""
+    z = 0.0
+    if code == SGD:
+        return (lr, hyper[SGD_MOMENTUM], hyper[SGD_NESTEROV], hyper[SGD_WEIGHT_DECAY], z, z,
+                z, z, z, z)
+    if code == ADAM:
+        step_size, inv_b2, l2, decay = adam_constants(
+            lr, hyper[ADAM_BETA1], hyper[ADAM_BETA2], hyper[ADAM_WEIGHT_DECAY],
+            hyper[ADAM_DECOUPLED], step)
+        return (hyper[ADAM_BETA1], 1.0 - hyper[ADAM_BETA1], hyper[ADAM_BETA2],
+                1.0 - hyper[ADAM_BETA2], hyper[ADAM_EPS], l2, decay, step_size, inv_b2, z)
+    if code == RMSPROP:
+        return (lr, hyper[RMSPROP_ALPHA], 1.0 - hyper[RMSPROP_ALPHA], hyper[RMSPROP_EPS],
+                hyper[RMSPROP_MOMENTUM], hyper[RMSPROP_WEIGHT_DECAY], z, z, z, z)
+    n = math.nan
+    return (n, n, n, n, n, n, n, n, n, n)
+
+
+def optimizer_step(code, p, g, s0, s1, k0, k1, k2, k3, k4, k5, k6, k7, k8, k9):
+    """One element's update: (p, s0, s1) after the step, s0/s1 its state slots (a slot the
+    rule does not use comes back as it went in); k0..k9 the step's coefficients."""
+    if code == SGD:
+        p, s0 = sgd_step(p, g, s0, k0, k1, k2, k3)
+        return p, s0, s1
+    if code == ADAM:
+        return adam_step(p, g, s0, s1, k0, k1, k2, k3, k4, k5, k6, k7, k8)
+    if code == RMSPROP:
+        return rmsprop_step(p, g, s0, s1, k0, k1, k2, k3, k4, k5)
+    nan = (p - p) / (p - p)     # NaN of p's type: an unknown code diverges, loudly
+    return nan, s0, s1
+
+
 def row_metric(Z, r, Y, s, n, loss):
     """Training metric of row ``r`` of logits Z against target row ``s`` of Y: correct (0/1)
     for cross-entropy, fraction of correct outputs for BCE, squared residual summed over
@@ -291,9 +376,10 @@ def output_rows(Z, z0, A, a0, count, n, loss):
                 A[ra, j] = output_activate(loss, Z[r, j])
 
 
-_FUNCTIONS = ("hash32", "dropout_keep", "sigmoid", "activate", "activate_grad", "bce_with_logits", "pointwise_loss",
-              "pointwise_loss_grad", "loss_scale", "output_activate", "sgd_step", "adam_step",
-              "rmsprop_step", "adam_constants", "row_metric",
+_FUNCTIONS = ("hash32", "dropout_keep", "sigmoid", "activate", "activate_grad",
+              "bce_with_logits", "pointwise_loss", "pointwise_loss_grad", "loss_scale",
+              "output_activate", "sgd_step", "adam_step", "rmsprop_step", "adam_constants",
+              "optimizer_slots", "optimizer_coefficients", "optimizer_step", "row_metric",
               "output_rows")
 
 
