@@ -82,7 +82,7 @@ def main(argv=None):
               f"{res['samples_per_s']:>12,.0f} {res['samples_per_s'] / base:>9.2f}")
 
     from fastbp.distributed import cost_model, crossover_batch
-    from fastbp.workspace import Layout
+    from fastbp.network import Layout
     n_params = Layout(SIZES).n_params
     flops = 6.0 * n_params * base      # the training FLOP/s one node sustains here
     model = {}

@@ -31,7 +31,8 @@ print(t_import, time.time() - t0)
 CHILD_MEMORY = r"""
 import resource, sys, json
 import numpy as np, fastbp
-from fastbp.workspace import Layout, Workspace
+from fastbp.network import Layout
+from fastbp.workspace import Workspace
 rng = np.random.default_rng(0)
 net = fastbp.MLP([784, 256, 128, 10], device="cpu")
 net.fit(rng.random((256, 784), dtype=np.float32), np.arange(256) % 10, epochs=1)  # warm up

@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("pytest_benchmark")
 
 import fastbp  # noqa: E402
-from fastbp.backend import single_threaded_blas  # noqa: E402
+from fastbp.engines.cpu import single_threaded_blas  # noqa: E402
 from fastbp.kernels import cpu  # noqa: E402
 from fastbp.kernels.jit import entry_for  # noqa: E402
 

@@ -15,9 +15,15 @@ from .schedules import Schedule
 
 
 class Callback:
-    """Base class: override any hook. ``self.model`` is set before on_train_begin."""
+    """Base class: override any hook. ``self.model`` is set before on_train_begin.
+
+    ``on_chunk_end(chunk, logs)`` runs after each stretch of compiled training within an
+    epoch (a chunk of batches, about 0.15 s of work) with ``logs["loss"]``, the mean
+    training loss of the epoch so far. ``rank0_only``: in data-parallel training only the
+    first process runs it (writers: checkpoints, CSV logs)."""
 
     model = None
+    rank0_only = False
 
     def set_model(self, model):
         self.model = model
@@ -35,7 +41,7 @@ class Callback:
         pass
 
     def on_chunk_end(self, chunk, logs=None):
-        pass
+        """After a stretch of compiled work; logs["loss"]: the epoch's mean loss so far."""
 
 
 class History(Callback):

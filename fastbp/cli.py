@@ -16,7 +16,6 @@ import math
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 
@@ -64,7 +63,8 @@ def cmd_info(args):
     import numpy as np
 
     import fastbp
-    from fastbp.backend import blas_info, cuda_available, thread_info
+    from fastbp.engines import cuda_available
+    from fastbp.engines.cpu import blas_info, thread_info
 
     print(f"fastbp {fastbp.__version__}")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, numba {numba.__version__}")
@@ -78,9 +78,6 @@ def cmd_info(args):
 
 # --------------------------------------------------------------------- train/predict
 META_KEY = "cli_meta"
-SAFETENSORS_META_KEY = "fastbp.cli_meta"
-CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
-LOSS_CHOICES = ("auto", "cross_entropy", "binary_cross_entropy", "mse", "mae", "huber")
 MAX_AUTO_CLASSES = 20
 
 
@@ -136,6 +133,7 @@ def _target(table, name):
 def _encode(y, loss, classes=None):
     """Targets for the model: class ids (with the class list) or float values."""
     import numpy as np
+    from .registry import CLASSIFICATION_LOSSES
     if loss in CLASSIFICATION_LOSSES:
         if y.ndim != 1:
             raise CLIError("classification needs a single target column")
@@ -175,36 +173,16 @@ def _fold_standardization(net, mean, scale):
 
 
 def _save_with_meta(net, path, meta):
-    """``net.save`` plus a JSON entry the CLI reads back (fastbp.load ignores it)."""
-    import numpy as np
-
-    from .persistence import atomic_write
-    if path.endswith(".safetensors"):
-        from .export import safetensors_io
-        safetensors_io.save(net, path, metadata={SAFETENSORS_META_KEY: json.dumps(meta)})
-        return
-    net.save(path)
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays[META_KEY] = np.array(json.dumps(meta))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    """``net.save`` with the CLI's feature names and class labels as an extra entry."""
+    net.save(path, extra={META_KEY: json.dumps(meta)})
 
 
 def _load_model(path):
-    import numpy as np
-
-    import fastbp
-    net = fastbp.load(path, device="cpu")
-    meta = {}
-    if zipfile.is_zipfile(path):
-        with np.load(path, allow_pickle=False) as z:
-            if META_KEY in z.files:
-                meta = json.loads(str(z[META_KEY]))
-    else:
-        from .export import safetensors_io
-        text = safetensors_io.read_metadata(path).get(SAFETENSORS_META_KEY)
-        meta = json.loads(text) if text else {}
-    return net, meta
+    from .model import from_file
+    from .persistence import read
+    stored = read(path)
+    text = stored.extra.get(META_KEY)
+    return from_file(stored, device="cpu"), (json.loads(text) if text else {})
 
 
 def _model_features(net, meta, table, exclude=()):
@@ -341,7 +319,7 @@ def cmd_predict(args):
     X = _model_features(net, meta, table, exclude=exclude).astype(net.dtype)
     name = target or "prediction"
     classes = meta.get("classes")
-    if net.loss in CLASSIFICATION_LOSSES:
+    if net.is_classifier:
         proba = net.predict_proba(X)
         if net.loss == "binary_cross_entropy" and proba.shape[1] == 1:
             proba = np.concatenate([1 - proba, proba], axis=1)
@@ -389,11 +367,9 @@ def cmd_export(args):
     from .export import export
     net, meta = _load_model(args.model)
     # The class labels and feature names of 'fastbp train' go where the format has room.
-    carries = os.path.splitext(args.out)[1].lower() in (".onnx", ".safetensors")
-    metadata = {SAFETENSORS_META_KEY: json.dumps(meta)} if meta and carries else None
+    carries = os.path.splitext(args.out)[1].lower() in (".onnx", ".safetensors", ".npz")
+    metadata = {META_KEY: json.dumps(meta)} if meta and carries else None
     fmt = export(net, args.out, opset=args.opset, output=args.output, metadata=metadata)
-    if fmt == "npz" and meta:
-        _save_with_meta(net, args.out, meta)
     print(f"wrote {args.out} ({fmt}) from {args.model}: {net}")
     return 0
 
@@ -471,7 +447,9 @@ def _layers(text):
 
 
 def build_parser():
-    from .kernels import math as km
+    from .engines import DEVICES
+    from .optimizers import OPTIMIZERS
+    from .registry import ACTIVATIONS, LOSSES
     p = argparse.ArgumentParser(prog="fastbp", description="Fast MLP training by "
                                 "backpropagation (Numba CPU and CUDA kernels).")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -486,18 +464,18 @@ def build_parser():
                    "for .npy: a column index)")
     t.add_argument("--layers", type=_layers, default=[64], metavar="W1,W2,...",
                    help="hidden layer widths (default 64; 'none' for no hidden layer)")
-    t.add_argument("--activation", default="relu", choices=sorted(km.ACTIVATIONS))
-    t.add_argument("--loss", default="auto", choices=LOSS_CHOICES,
+    t.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
+    t.add_argument("--loss", default="auto", choices=["auto"] + sorted(LOSSES),
                    help="auto: cross_entropy for labels or up to 20 integer classes, "
                    "else mse")
     t.add_argument("--epochs", type=_positive_int, default=20)
     t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "rmsprop"])
+    t.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
     t.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default: the optimizer's)")
     t.add_argument("--val-split", type=_fraction, default=0.1,
                    help="random fraction of rows held out for validation (default 0.1)")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-standardize", dest="standardize", action="store_false",
@@ -554,7 +532,7 @@ def build_parser():
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--lr", type=float, default=1e-3)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    d.add_argument("--device", default="auto", choices=DEVICES)
     d.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2])
     d.add_argument("--plot", default="fastbp-demo.png",
                    help="PNG of loss/accuracy per epoch (needs matplotlib; '' to skip)")

@@ -26,10 +26,11 @@ import time
 
 import numpy as np
 
+from . import registry
 from .errors import ConfigError
-from .kernels.cpu import loss_sum
 from .kernels import math as km
-from .training import batch_rows, chunk_rates
+from .kernels.cpu import loss_sum
+from .training import CHUNK_SECONDS, Strategy, batch_rows, chunk_rates
 
 
 class DistributedError(RuntimeError):
@@ -177,11 +178,12 @@ def reduced_evaluate(model, coll, Xv, Yv, wv):
                       Xv.shape[0]], dtype=np.float64)
         coll.sum_(s)
         return {"loss": s[0] / s[3], "accuracy": s[2] / s[1]}
+    P = registry.link_of(model.loss).apply(Z)     # the outputs the metrics are about
     w = wv[:, None]
     s = np.concatenate([[loss_sum(Z, Yv, wv, model._loss_code), Xv.shape[0], wv.sum()],
                         (w * Yv).sum(0), (w * Yv.astype(np.float64) ** 2).sum(0),
-                        (w * (Z - Yv) ** 2).sum(0),
-                        [(np.abs(Z - Yv).mean(1) * wv).sum()]]).astype(np.float64)
+                        (w * (P - Yv) ** 2).sum(0),
+                        [(np.abs(P - Yv).mean(1) * wv).sum()]]).astype(np.float64)
     coll.sum_(s)
     sw, swy, swy2, ss_res = s[2], s[3:3 + k], s[3 + k:3 + 2 * k], s[3 + 2 * k:3 + 3 * k]
     ss_tot = swy2 - swy * swy / sw
@@ -194,17 +196,74 @@ def _rows_at(counts, b0, bs):
     return [max(0, min(bs, c - b0)) for c in counts]
 
 
-def run_epoch(model, plan, session, perm, callbacks, progress, step_schedule):
-    """One distributed epoch; returns (loss sum over global rows, metric sum, global rows)."""
-    if plan.sync_every == 1:
-        return _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress,
+class DataParallel(Strategy):
+    """What both data-parallel strategies share: the collective, the planning that needs
+    every rank, reduced validation and the drift check."""
+
+    def __init__(self, comm):
+        self.coll = Collective(comm)
+        self.rank = self.coll.rank
+        self.cuda_aware = cuda_aware_setting()   # FASTBP_MPI_CUDA_AWARE, checked on every rank
+        self.shard_sizes = None
+        self.device_buffers = False
+
+    def params(self):
+        # what the ranks hand MPI: "device" buffers (CUDA-aware MPI) or "host" memory
+        return {"mpi_buffers": "device" if self.device_buffers else "host"}
+
+    def prepare(self, model, plan):
+        """Shard sizes, global statistics, per-rank dropout seeds, the buffers' side."""
+        coll = self.coll
+        self.shard_sizes = [int(c) for c in coll.allgather(plan.X.shape[0])]
+        if not registry.loss(model.loss).classifies:
+            plan.ss_tot = global_ss_tot(coll, plan.Y)
+        plan.dropout_seed = (plan.dropout_seed + 7919 * coll.rank) % (2 ** 31 - 1)
+        self.device_buffers = device_buffers(coll, model._engine.name == "cuda",
+                                             self.cuda_aware)
+
+    def evaluate(self, model, X, Y, w):
+        return reduced_evaluate(model, self.coll, X, Y, w)
+
+    def end_epoch(self, model, epoch):
+        check_in_sync(self.coll, model._params, epoch)
+
+
+class AllreduceGradients(DataParallel):
+    """sync_every=1: one Allreduce of the flat gradient per step."""
+
+    def begin(self, model, plan, session):
+        # [gradient | batch loss, metric sum, interrupt flag], on the device when the
+        # engine is CUDA and the MPI library CUDA-aware
+        session.G = model._engine.grad_buffer(session, self.device_buffers)
+
+    def run_epoch(self, model, plan, session, perm, callbacks, progress, step_schedule):
+        return _epoch_allreduce_grads(self, model, plan, session, perm, callbacks, progress,
                                       step_schedule)
-    return _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_schedule)
 
 
-def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step_schedule):
-    coll, eng, bs = plan.coll, model._engine, plan.batch_size
-    counts = plan.shard_sizes
+class LocalSGD(DataParallel):
+    """sync_every=k > 1: k local compiled steps, then one Allreduce of the parameters."""
+
+    def __init__(self, comm, sync_every):
+        super().__init__(comm)
+        self.sync_every = sync_every
+
+    def run_epoch(self, model, plan, session, perm, callbacks, progress, step_schedule):
+        return _epoch_local_sgd(self, model, plan, session, perm, callbacks, progress,
+                                step_schedule)
+
+
+def data_parallel(comm, sync_every=1):
+    """The strategy of ``fit(comm=..., sync_every=...)``."""
+    if sync_every == 1:
+        return AllreduceGradients(comm)
+    return LocalSGD(comm, sync_every)
+
+
+def _epoch_allreduce_grads(strategy, model, plan, session, perm, callbacks, progress,
+                           step_schedule):
+    coll, eng, bs = strategy.coll, model._engine, plan.batch_size
+    counts = strategy.shard_sizes
     n_local = plan.X.shape[0]
     G = session.G
     steps = max(-(-c // bs) for c in counts)
@@ -236,20 +295,21 @@ def _epoch_allreduce_grads(model, plan, session, perm, callbacks, progress, step
             # rank stops after this same step and none waits alone in the next one.
             raise KeyboardInterrupt
         now = time.perf_counter()
-        if now - last > 0.15:
+        if now - last > CHUNK_SECONDS:
             last = now
-            progress.chunk(min(n_local, b0 + bs), loss_sum / max(1, sum(
-                min(c, b0 + bs) for c in counts)))
+            mean = loss_sum / max(1, sum(min(c, b0 + bs) for c in counts))
+            progress.chunk(min(n_local, b0 + bs), mean)
             for cb in callbacks:
-                cb.on_chunk_end(k, {"loss": loss_sum})
+                cb.on_chunk_end(k, {"loss": mean})
     return loss_sum, metric_sum, sum(counts)
 
 
-def _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_schedule):
-    coll, eng, bs, k = plan.coll, model._engine, plan.batch_size, plan.sync_every
+def _epoch_local_sgd(strategy, model, plan, session, perm, callbacks, progress,
+                     step_schedule):
+    coll, eng, bs, k = strategy.coll, model._engine, plan.batch_size, strategy.sync_every
     n_local = plan.X.shape[0]
     my_batches = -(-n_local // bs)
-    steps = max(-(-c // bs) for c in plan.shard_sizes)
+    steps = max(-(-c // bs) for c in strategy.shard_sizes)
     out = np.empty((k, 2), dtype=np.float64)
     acc = np.zeros(2, dtype=np.float64)          # local [loss * rows, metric]
     for s0 in range(0, steps, k):
@@ -273,13 +333,16 @@ def _epoch_local_sgd(model, plan, session, perm, callbacks, progress, step_sched
         if bad[0]:
             return None
         # Average the parameters: one Allreduce, then the same division on every rank.
-        params = eng.param_buffer(session, plan.device_buffers)
+        params = eng.param_buffer(session, strategy.device_buffers)
         eng.synchronize()
         coll.sum_(params)
         eng.set_param_mean(session, params, coll.size)
-        progress.chunk(min(n_local, (s0 + k) * bs), acc[0] / max(1, min(n_local, (s0 + k) * bs)))
+        mean = acc[0] / max(1, min(n_local, (s0 + k) * bs))
+        progress.chunk(min(n_local, (s0 + k) * bs), mean)
+        for cb in callbacks:
+            cb.on_chunk_end(s0 // k + 1, {"loss": mean})
     coll.sum_(acc)
-    return acc[0], acc[1], sum(plan.shard_sizes)
+    return acc[0], acc[1], sum(strategy.shard_sizes)
 
 
 def cost_model(n_params, batch_per_rank, flops_per_s, n_ranks, link_gbit_s, latency_s=5e-6,

@@ -13,10 +13,6 @@ class DataTypeError(TypeError):
     """Input arrays of a dtype fastbp cannot use (object, string, complex)."""
 
 
-class NotFittedError(ValueError, AttributeError):
-    """A method that needs trained weights was called before fit/set_weights/load."""
-
-
 class TrainingDivergedError(FloatingPointError):
     """The loss became NaN or infinite; the model keeps its last finite weights."""
 

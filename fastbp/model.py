@@ -1,24 +1,17 @@
 """The MLP model: configuration, weights, and the fit/predict façade over the engines."""
-import math
 import numbers
 
 import numpy as np
 
-from . import persistence, training
-from .backend import make_engine, resolve_device, single_threaded_blas
-from .callbacks import Callback
-from .errors import ConfigError, DataError, DataTypeError
-from .kernels import math as km
+from . import initializers, persistence, registry, training
+from .engines import make_engine, resolve_device
+from .engines.cpu import single_threaded_blas
+from .errors import ConfigError, DataError, DataTypeError, ModelFileError
 from .kernels.cpu import loss_sum
-from .optimizers import get_optimizer
-from .progress import Progress
-from .validation import (check_choice, check_dtype, check_number, check_positive_int,
-                         check_sample_weight, check_targets, check_X, require_finite)
-from .workspace import Layout, aligned_zeros
-
-INITS = ("auto", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform")
-RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu")
-CLASSIFICATION = ("cross_entropy", "binary_cross_entropy")
+from .network import Layout, Network, aligned_zeros
+from .planning import plan_fit
+from .validation import (check_choice, check_dtype, check_positive_int, check_sample_weight,
+                         check_targets, check_X, require_finite)
 
 
 class MLP:
@@ -29,12 +22,13 @@ class MLP:
     sizes : sequence of int
         ``[n_in, hidden..., n_out]``: input width, hidden widths, output width.
     activation : str or sequence of str
-        Hidden activation, one name or one per hidden layer: relu, leaky_relu (slope 0.01),
-        elu (alpha 1), gelu (exact erf form), sigmoid, tanh, identity.
+        Hidden activation, one name or one per hidden layer, from
+        ``fastbp.registry.ACTIVATIONS``: relu, leaky_relu (slope 0.01), elu (alpha 1), gelu
+        (exact erf form), sigmoid, tanh, identity (PyTorch's definitions).
     loss : str
-        cross_entropy (softmax output; y class ids or one-hot rows), binary_cross_entropy
-        (sigmoid outputs, 0/1 targets, multi-label allowed), mse, mae, huber (delta 1;
-        identity output).
+        From ``fastbp.registry.LOSSES``: cross_entropy (softmax output; y class ids or
+        one-hot rows), binary_cross_entropy (sigmoid outputs, 0/1 targets, multi-label
+        allowed), mse, mae, huber (delta 1; identity output).
     dtype : "float32" or "float64"
     seed : int or None
         Seeds weight initialisation and shuffling: same seed, same weights, same run.
@@ -57,39 +51,46 @@ class MLP:
                 self.activations = list(activation)
             except TypeError:
                 raise ConfigError(f"activation must be a name or a list of names, one per "
-                                  f"hidden layer; choose from {sorted(km.ACTIVATIONS)}, got "
-                                  f"{activation!r}") from None
+                                  f"hidden layer; choose from {sorted(registry.ACTIVATIONS)}, "
+                                  f"got {activation!r}") from None
             if len(self.activations) != n_hidden:
                 raise ConfigError(f"activation lists {len(self.activations)} names but the "
                                   f"model has {n_hidden} hidden layers")
-        for a in self.activations:
-            check_choice(a, "activation", km.ACTIVATIONS)
+        acts = [registry.activation(a).code for a in self.activations]
         self.activation = activation
-        self.loss = check_choice(loss, "loss", km.LOSSES)
+        self.loss = registry.loss(loss).name
         self.dtype = check_dtype(dtype)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                                  or seed < 0):
             raise ConfigError(f"seed must be a non-negative int or None, got {seed!r}")
         self.seed = seed
-        self.init = check_choice(init, "init", INITS)
+        self.init = check_choice(init, "init", initializers.INITS)
         self.device = resolve_device(device)
         self.requested_device = device
-
-        self.layout = Layout(self.sizes)
-        self._acts = np.array([km.ACTIVATIONS[a] for a in self.activations] + [0],
-                              dtype=np.int64)
-        self._loss_code = km.LOSSES[self.loss]
         self.dropout = dropout
-        self._drop = self._check_dropout(dropout, n_hidden)
-        self._trainable = np.ones(self.layout.n_layers, dtype=bool)
+        drop = self._check_dropout(dropout, n_hidden)
+
+        layout = Layout(self.sizes)
         self._rng = np.random.default_rng(seed)
-        self._params = self._initial_params()
-        self._engine = make_engine(self, self.device)
+        params = initializers.initial_params(layout, self.activations, self.init, self._rng,
+                                             aligned_zeros(layout.n_params, self.dtype))
+        self.net = Network(layout=layout, acts=np.array(acts + [0], dtype=np.int64),
+                           loss=registry.loss(self.loss).code, drop=drop, params=params,
+                           trainable=np.ones(layout.n_layers, dtype=bool))
+        self._engine = make_engine(self.net, self.device)
         self.optimizer = None       # the optimizer of the current/last fit (callbacks set lr)
         self.stop_training = False
         self._opt_state = None
         self._step = 0
         self.history = None
+
+    # The network record's parts, under the names the rest of the package reads.
+    layout = property(lambda self: self.net.layout)
+    _params = property(lambda self: self.net.params)
+    _acts = property(lambda self: self.net.acts)
+    _drop = property(lambda self: self.net.drop)
+    _trainable = property(lambda self: self.net.trainable)
+    _loss_code = property(lambda self: self.net.loss)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -117,34 +118,6 @@ class MLP:
                 raise ConfigError(f"dropout rates must be numbers in [0, 1), got {dropout!r}")
         return np.array([float(r) for r in rates] + [0.0], dtype=np.float64)
 
-    def _init_scheme(self, l):
-        if self.init != "auto":
-            return self.init
-        is_hidden = l < len(self.activations)
-        if is_hidden and self.activations[l] in RELU_FAMILY:
-            return "he_normal"
-        return "glorot_uniform"
-
-    def _initial_params(self):
-        """Weights drawn in float64 from the seeded generator, so dtype never changes them."""
-        params = aligned_zeros(self.layout.n_params, self.dtype)
-        for l in range(self.layout.n_layers):
-            fan_in, fan_out = self.sizes[l], self.sizes[l + 1]
-            scheme = self._init_scheme(l)
-            shape = (fan_in, fan_out)
-            if scheme == "he_normal":
-                w = self._rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
-            elif scheme == "he_uniform":
-                lim = math.sqrt(6.0 / fan_in)
-                w = self._rng.uniform(-lim, lim, shape)
-            elif scheme == "glorot_normal":
-                w = self._rng.normal(0.0, math.sqrt(2.0 / (fan_in + fan_out)), shape)
-            else:
-                lim = math.sqrt(6.0 / (fan_in + fan_out))
-                w = self._rng.uniform(-lim, lim, shape)
-            params[self.layout.w_slice(l)] = w.ravel()
-        return params
-
     def get_config(self):
         return dict(sizes=self.sizes, activation=self.activation, loss=self.loss,
                     dtype=self.dtype.name, seed=self.seed, device=self.requested_device,
@@ -164,11 +137,12 @@ class MLP:
 
     @property
     def is_classifier(self):
-        return self.loss in CLASSIFICATION
+        return registry.loss(self.loss).classifies
 
     # -------------------------------------------------------------------- weights
     def get_weights(self):
         """Copies of ``[W1, b1, W2, b2, ...]`` with W of shape (n_in, n_out)."""
+        self._engine_sync()
         return self._unflatten(self._params)
 
     def _unflatten(self, flat):
@@ -218,9 +192,7 @@ class MLP:
         self._engine_params_changed()
 
     def _engine_params_changed(self):
-        hook = getattr(self._engine, "params_changed", None)
-        if hook is not None:
-            hook()
+        self._engine.params_changed()
 
     # ---------------------------------------------------------------- data checks
     def _X(self, X, finite=True):
@@ -278,35 +250,25 @@ class MLP:
         step (``history.interrupted`` is then True). A non-finite loss raises
         :class:`fastbp.TrainingDivergedError` and keeps the last finite weights.
         """
-        coll = None
-        if comm is not None:
-            from .distributed import Collective
-            coll = Collective(comm)
+        if comm is None:
+            check_positive_int(sync_every, "sync_every")
+            plan = plan_fit(self, X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
+                            validation_split, validation_data, sample_weight, class_weight,
+                            clip_norm, callbacks, warm_start, training.LocalChunks())
+            return training.train(self, plan)
+        from .distributed import Collective, data_parallel
+        coll = Collective(comm)
         error, plan = None, None
-        try:
-            plan = self._plan_fit(X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
-                                  validation_split, validation_data, sample_weight,
-                                  class_weight, clip_norm, callbacks, warm_start, sync_every,
-                                  coll)
+        try:    # anything one rank alone may reject, before any rank waits on another
+            strategy = data_parallel(comm, check_positive_int(sync_every, "sync_every"))
+            plan = plan_fit(self, X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
+                            validation_split, validation_data, sample_weight, class_weight,
+                            clip_norm, callbacks, warm_start, strategy)
         except (ValueError, TypeError) as e:
-            if coll is None:
-                raise
             error = e
-        if coll is not None:
-            coll.agree(error)          # every rank raises if any rank's input was bad
-            self._plan_distributed(plan, coll)
+        coll.agree(error)          # every rank raises if any rank's input was bad
+        strategy.prepare(self, plan)
         return training.train(self, plan)
-
-    def _plan_distributed(self, plan, coll):
-        """Collective part of planning: shard sizes, global statistics, per-rank seeds."""
-        plan.shard_sizes = [int(c) for c in coll.allgather(plan.X.shape[0])]
-        if self.loss not in CLASSIFICATION:
-            from .distributed import global_ss_tot
-            plan.ss_tot = global_ss_tot(coll, plan.Y)
-        plan.dropout_seed = (plan.dropout_seed + 7919 * coll.rank) % (2 ** 31 - 1)
-        from .distributed import device_buffers
-        plan.device_buffers = device_buffers(coll, self._engine.name == "cuda",
-                                             plan.cuda_aware)
 
     def partial_fit(self, X, y, batch_size=64, optimizer="adam", lr=None, shuffle=True,
                     sample_weight=None, class_weight=None, clip_norm=None, verbose=0):
@@ -316,137 +278,8 @@ class MLP:
                         class_weight=class_weight, clip_norm=clip_norm, verbose=verbose,
                         warm_start=True)
 
-    def _plan_fit(self, X, y, epochs, batch_size, optimizer, lr, shuffle, verbose,
-                  validation_split, validation_data, sample_weight, class_weight, clip_norm,
-                  callbacks, warm_start, sync_every=1, coll=None):
-        """Validate every argument and the data; nothing about the model changes here."""
-        sync_every = check_positive_int(sync_every, "sync_every")
-        cuda_aware = None
-        if coll is not None:
-            from .distributed import cuda_aware_setting
-            cuda_aware = cuda_aware_setting()   # FASTBP_MPI_CUDA_AWARE, checked on every rank
-        epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        if lr is not None:
-            lr = check_number(lr, "lr")
-        opt = get_optimizer(optimizer, lr)
-        opt = opt.with_lr(opt.lr)   # callbacks may change the rate: never the caller's object
-        Progress(verbose, epochs, 1)  # validates ``verbose``
-        if clip_norm is not None:
-            clip_norm = check_number(clip_norm, "clip_norm")
-            if not clip_norm > 0:
-                raise ConfigError(f"clip_norm must be positive or None, got {clip_norm!r}")
-        if isinstance(callbacks, Callback):
-            raise ConfigError("callbacks must be a list of Callback instances; wrap the "
-                              "single callback in a list: callbacks=[cb]")
-        try:
-            callbacks = list(callbacks or [])
-        except TypeError:
-            raise ConfigError(f"callbacks must be a list of Callback instances, got "
-                              f"{type(callbacks).__name__}") from None
-        for cb in callbacks:
-            if not isinstance(cb, Callback):
-                raise ConfigError(f"callbacks must be fastbp.callbacks.Callback instances, "
-                                  f"got {type(cb).__name__}")
-        if not self._trainable.any():
-            raise ConfigError("every layer is frozen; unfreeze at least one layer to train")
-        vs = check_number(validation_split, "validation_split")
-        if not 0.0 <= vs < 1.0:
-            raise ConfigError(f"validation_split must be in [0, 1), got {validation_split!r}")
-
-        Xc = self._X(X)
-        Y = self._Y(y, Xc.shape[0])
-        row_w = check_sample_weight(sample_weight, Xc.shape[0])
-        if class_weight is not None:
-            row_w = row_w * self._class_weights(class_weight, Y)
-
-        validation = None
-        if validation_data is not None:
-            validation = self._validation_arrays(validation_data)
-        elif vs > 0.0:
-            n_val = int(math.ceil(Xc.shape[0] * vs))
-            n_train = Xc.shape[0] - n_val
-            if n_train < 1 or n_val < 1:
-                raise ConfigError(f"validation_split={vs} leaves no rows to train or "
-                                  f"validate on ({Xc.shape[0]} samples)")
-            validation = (Xc[n_train:], Y[n_train:], row_w[n_train:])
-            Xc, Y, row_w = Xc[:n_train], Y[:n_train], row_w[:n_train]
-        # A batch larger than the data is one full-data batch; the buffers hold that many rows.
-        batch_size = min(batch_size, Xc.shape[0])
-        if self.loss not in CLASSIFICATION:
-            ss_tot = float(((Y - Y.mean(axis=0)) ** 2).sum())
-        else:
-            ss_tot = 0.0
-        state, step = self._optimizer_state(opt, warm_start)
-        return training.FitPlan(
-            X=Xc, Y=Y, row_w=row_w, optimizer=opt, state=state, step=step, epochs=epochs,
-            batch_size=batch_size, shuffle=bool(shuffle), verbose=verbose,
-            clip_norm=clip_norm or 0.0, callbacks=callbacks, validation=validation,
-            ss_tot=ss_tot, dropout_seed=int(self._rng.integers(0, 2 ** 31 - 1)),
-            coll=coll, sync_every=sync_every, shard_sizes=None, cuda_aware=cuda_aware,
-            device_buffers=False)
-
-    def _validation_arrays(self, validation_data):
-        try:
-            parts = tuple(validation_data)
-        except TypeError:
-            parts = ()
-        if len(parts) not in (2, 3):
-            raise ConfigError("validation_data must be (X_val, y_val) or (X_val, y_val, "
-                              "sample_weight_val)")
-        Xv = check_X(parts[0], self.dtype, n_features=self.sizes[0], name="X_val")
-        Yv = check_targets(parts[1], self.loss, self.n_outputs, Xv.shape[0], self.dtype,
-                           name="y_val")
-        wv = check_sample_weight(parts[2] if len(parts) == 3 else None, Xv.shape[0],
-                                 name="sample_weight_val")
-        return Xv, Yv, wv
-
-    def _class_weights(self, class_weight, Y):
-        """Per-row weights from a class-weight dict or "balanced" (scikit-learn's rule)."""
-        if self.loss == "cross_entropy":
-            ids = Y.argmax(axis=1)
-            n_classes = self.n_outputs
-        elif self.loss == "binary_cross_entropy" and self.n_outputs == 1:
-            ids = (Y[:, 0] >= 0.5).astype(np.int64)
-            n_classes = 2
-        else:
-            raise ConfigError("class_weight needs cross_entropy or a single-output "
-                              "binary_cross_entropy; use sample_weight otherwise")
-        counts = np.bincount(ids, minlength=n_classes).astype(np.float64)
-        if isinstance(class_weight, str):
-            if class_weight != "balanced":
-                raise ConfigError(f"class_weight must be a dict or 'balanced', got "
-                                  f"{class_weight!r}")
-            present = counts > 0
-            per_class = np.zeros(n_classes)
-            per_class[present] = len(ids) / (present.sum() * counts[present])
-        elif isinstance(class_weight, dict):
-            per_class = np.ones(n_classes)
-            for c, wgt in class_weight.items():
-                if isinstance(c, bool) or not isinstance(c, numbers.Integral) or \
-                        not 0 <= c < n_classes:
-                    raise ConfigError(f"class_weight key {c!r} is not a class id in "
-                                      f"0..{n_classes - 1}")
-                wgt = float(wgt)
-                if not (wgt >= 0 and math.isfinite(wgt)):
-                    raise ConfigError(f"class_weight[{c}] must be a finite number >= 0")
-                per_class[int(c)] = wgt
-        else:
-            raise ConfigError(f"class_weight must be a dict or 'balanced', got "
-                              f"{type(class_weight).__name__}")
-        return per_class[ids]
-
-    def _optimizer_state(self, opt, warm_start):
-        same = (warm_start and self.optimizer is not None
-                and type(self.optimizer) is type(opt) and self._opt_state is not None
-                and self._opt_state.shape == (opt.n_slots, self.n_params)
-                and self._opt_state.dtype == self.dtype)
-        if same:
-            return self._opt_state, self._step
-        return opt.init_state(self.n_params, self.dtype), 0
-
     def _metric_name(self):
-        return "accuracy" if self.is_classifier else "r2"
+        return registry.loss(self.loss).metric
 
     # ------------------------------------------------------------- freezing layers
     def _layer_indices(self, layers):
@@ -485,7 +318,9 @@ class MLP:
     def reset(self):
         """Re-initialise weights (from the seed) and forget the optimizer state."""
         self._rng = np.random.default_rng(self.seed)
-        self._params[:] = self._initial_params()
+        self._params[:] = 0
+        initializers.initial_params(self.layout, self.activations, self.init, self._rng,
+                                    self._params)
         self._engine_params_changed()
         self.optimizer, self._opt_state, self._step = None, None, 0
         self.history = None
@@ -541,15 +376,16 @@ class MLP:
         """
         # The NaN/inf check of X as in predict_proba: in the forward pass, unless its
         # results go straight into the caller's ``out``.
-        classify = self.loss in CLASSIFICATION
+        classify = self.is_classifier
         mine = out is None
         Xc = self._X(X, finite=not (mine or classify))
         n, k = Xc.shape[0], self.n_outputs
-        shapes = [(n,)] if k == 1 or self.loss == "cross_entropy" else [(n, k)]
+        one_of_k = registry.loss(self.loss).targets == "classes"
+        shapes = [(n,)] if k == 1 or one_of_k else [(n, k)]
         if classify:
             out = self._output_buffer(out, n, np.int64, shapes, "predict")
             proba = self._forward(Xc, check=True)
-            if self.loss == "cross_entropy":
+            if one_of_k:
                 np.argmax(proba, axis=1, out=out)
             else:
                 np.greater_equal(proba.reshape(out.shape), 0.5, out=out, casting="unsafe")
@@ -585,9 +421,7 @@ class MLP:
         return compiled_trainer(self, batch_size, optimizer, lr=lr, clip_norm=clip_norm)
 
     def _engine_sync(self):
-        hook = getattr(self._engine, "params_to_host", None)
-        if hook is not None:
-            hook()
+        self._engine.params_to_host()
 
     def transform(self, X, layer=-2):
         """Activations (n, width) of dense layer ``layer``: 0-based like freeze, negative
@@ -610,7 +444,7 @@ class MLP:
     def _row_hits(self, Z, Y):
         """Per row, the fraction of outputs predicted right from logits Z: the class for
         cross_entropy, each 0/1 label for binary_cross_entropy."""
-        if self.loss == "cross_entropy":
+        if registry.loss(self.loss).targets == "classes":
             return (Z.argmax(1) == Y.argmax(1)).astype(np.float64)
         return ((Z >= 0) == (Y >= 0.5)).mean(axis=1)
 
@@ -621,13 +455,14 @@ class MLP:
         if self.is_classifier:
             res["accuracy"] = float(np.average(self._row_hits(Z, Y), weights=w))
         else:
-            ss_res = ((Z - Y) ** 2 * w[:, None]).sum(0)
+            P = registry.link_of(self.loss).apply(Z)   # the outputs the metrics are about
+            ss_res = ((P - Y) ** 2 * w[:, None]).sum(0)
             mean = np.average(Y, axis=0, weights=w)
             ss_tot = ((Y - mean) ** 2 * w[:, None]).sum(0)
             with np.errstate(divide="ignore", invalid="ignore"):
                 r2 = np.where(ss_tot > 0, 1 - ss_res / ss_tot, 0.0)
             res["r2"] = float(np.mean(r2))
-            res["mae"] = float(np.average(np.abs(Z - Y).mean(1), weights=w))
+            res["mae"] = float(np.average(np.abs(P - Y).mean(1), weights=w))
         return res
 
     def loss_and_grads(self, X, y, sample_weight=None):
@@ -640,11 +475,12 @@ class MLP:
         return loss, self._unflatten(grads)
 
     # ----------------------------------------------------------------- persistence
-    def save(self, path, format=None):
+    def save(self, path, format=None, extra=None):
         """Write weights and config to one file, atomically and without pickle: .npz, or
         .safetensors (needs the ``safetensors`` extra); the format comes from the suffix
-        unless ``format`` ("npz" or "safetensors") is given."""
-        persistence.save(self, path, format=format)
+        unless ``format`` ("npz" or "safetensors") is given. ``extra``: str-to-str entries
+        stored beside them (``fastbp.persistence.read(path).extra`` gives them back)."""
+        persistence.save(self, path, format=format, extra=extra)
 
     def to_onnx(self, path=None, opset=None, output="auto"):
         """The network as an ``onnx.ModelProto`` (needs the ``onnx`` extra), written to
@@ -675,17 +511,53 @@ class MLP:
 
     def __setstate__(self, state):
         state = dict(state)
-        for name in ("_params", "_opt_state"):
-            a = state.get(name)
-            if a is not None:   # on a cache line again, as the kernels' buffers are
-                state[name] = aligned_zeros(a.shape, a.dtype)
-                state[name][...] = a
+        net = state["net"]
+        # The kernels' buffers start on a cache line; an unpickled array need not.
+        params = aligned_zeros(net.params.shape, net.params.dtype)
+        params[...] = net.params
+        state["net"] = Network(layout=net.layout, acts=net.acts, loss=net.loss, drop=net.drop,
+                               params=params, trainable=net.trainable)
+        opt_state = state.get("_opt_state")
+        if opt_state is not None:
+            state["_opt_state"] = aligned_zeros(opt_state.shape, opt_state.dtype)
+            state["_opt_state"][...] = opt_state
         self.__dict__.update(state)
         # "auto" picks again where the model lands (a GPU model moves to a CPU-only host).
         self.device = resolve_device(self.requested_device)
-        self._engine = make_engine(self, self.device)
+        self._engine = make_engine(self.net, self.device)
+
+
+def _build(record, device=None):
+    cfg = dict(record.config)
+    if device is not None:
+        cfg["device"] = device
+    model = MLP(**cfg)
+    model.set_weights(record.weights)
+    if record.trainable is not None:
+        model._trainable[:] = record.trainable
+    return model
+
+
+def from_file(model_file, device=None):
+    """The :class:`MLP` of a :class:`fastbp.files.ModelFile`; ``device`` overrides the one
+    in its config. ModelFileError when config and weights disagree."""
+    try:
+        return _build(model_file, device)
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"the model file is inconsistent: {e}") from None
+
+
+def from_torch(module, loss=None, dtype=None, **kwargs):
+    """An :class:`MLP` with the layers and weights of a ``torch.nn.Sequential`` (see
+    :func:`fastbp.export.torch_interop.read_torch` for what it reads); its W is
+    ``weight.T`` and its b ``bias``, bit for bit, and a Linear none of whose parameters
+    requires grad becomes a frozen layer. ``kwargs`` go to :class:`MLP` (``seed``,
+    ``device``, ``init``)."""
+    from .export.torch_interop import read_torch
+    return _build(read_torch(module, loss=loss, dtype=dtype, **kwargs))
 
 
 def load(path, device=None):
-    """Read a model written by :meth:`MLP.save`."""
-    return persistence.load(path, device=device)
+    """Read a model written by :meth:`MLP.save` (.npz or .safetensors); ``device``
+    overrides the device in its config."""
+    return from_file(persistence.read(path), device=device)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .kernels import math as km
-from .workspace import aligned_zeros
+from .network import aligned_zeros
 
 
 def _number(name, value):
@@ -41,22 +41,41 @@ def _unit(name, value):
     return value
 
 
+OPTIMIZERS = {}     # name -> class, filled as each rule's class is defined
+
+
 class Optimizer:
-    """Base class: ``code`` selects the kernel rule, ``hyper()`` packs its constants."""
+    """Base class: ``code`` selects the kernel rule; the hyper-parameters are attributes
+    named as ``kernels.math.OPTIMIZER_HYPER[code]`` lists them, packed in that order by
+    ``hyper()``; the state slots are ``kernels.math.OPTIMIZER_STATE[code]``."""
 
     code = -1
-    n_slots = 0
     name = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            OPTIMIZERS[cls.name] = cls
 
     def __init__(self, lr):
         self.lr = _positive("lr", lr)
+
+    @property
+    def n_slots(self):
+        """State slots the rule uses with these hyper-parameters."""
+        return km.optimizer_slots(self.code, self.hyper())
+
+    @property
+    def slot_names(self):
+        return km.OPTIMIZER_STATE[self.code][:self.n_slots]
 
     def init_state(self, n_params, dtype):
         """Flat state slots, zero-initialised (torch's lazily created buffers)."""
         return aligned_zeros((self.n_slots, n_params), dtype)
 
     def hyper(self):
-        raise NotImplementedError
+        """The hyper-parameters, float64, in the kernels' order (OPTIMIZER_HYPER)."""
+        return np.array([float(getattr(self, n)) for n in km.OPTIMIZER_HYPER[self.code]])
 
     def get_config(self):
         raise NotImplementedError
@@ -90,10 +109,6 @@ class SGD(Optimizer):
         self.weight_decay = _non_negative("weight_decay", weight_decay)
         if self.nesterov and self.momentum == 0.0:
             raise ConfigError("nesterov=True requires momentum > 0 (as in torch.optim.SGD)")
-        self.n_slots = 1 if self.momentum else 0
-
-    def hyper(self):
-        return np.array([self.momentum, float(self.nesterov), self.weight_decay])
 
     def get_config(self):
         return dict(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
@@ -109,7 +124,6 @@ class Adam(Optimizer):
     """
 
     code = km.ADAM
-    n_slots = 2
     name = "adam"
     decoupled = False
 
@@ -125,9 +139,8 @@ class Adam(Optimizer):
         self.eps = _positive("eps", eps)
         self.weight_decay = _non_negative("weight_decay", weight_decay)
 
-    def hyper(self):
-        return np.array([self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                         float(self.decoupled)])
+    beta1 = property(lambda self: self.betas[0])
+    beta2 = property(lambda self: self.betas[1])
 
     def get_config(self):
         return dict(lr=self.lr, betas=tuple(self.betas), eps=self.eps,
@@ -161,17 +174,10 @@ class RMSprop(Optimizer):
         self.eps = _positive("eps", eps)
         self.momentum = _unit("momentum", momentum)
         self.weight_decay = _non_negative("weight_decay", weight_decay)
-        self.n_slots = 2 if self.momentum else 1
-
-    def hyper(self):
-        return np.array([self.alpha, self.eps, self.momentum, self.weight_decay])
 
     def get_config(self):
         return dict(lr=self.lr, alpha=self.alpha, eps=self.eps, momentum=self.momentum,
                     weight_decay=self.weight_decay)
-
-
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def get_optimizer(optimizer, lr=None):

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 from .threads import get_num_threads
 
@@ -57,8 +56,8 @@ def start(dtype):
             _children[dtype] = None
             return
         # Niced: on a machine whose cores are all busy it takes only what the fit leaves.
-        code = (f"import os; os.nice(10); from fastbp.precompile import _compile_inference; "
-                f"_compile_inference({dtype!r})")
+        code = (f"import os; os.nice(10); from fastbp.warmup import compile_inference; "
+                f"compile_inference({dtype!r})")
         try:
             _children[dtype] = subprocess.Popen(
                 [sys.executable, "-c", code], stdin=subprocess.DEVNULL,
@@ -87,19 +86,3 @@ def wait(dtype):
     except subprocess.TimeoutExpired:
         pass
     _children[str(dtype)] = None
-
-
-def _compile_inference(dtype):
-    """In the child: one tiny predict and evaluate, the calls whose entries the parent
-    will need (the same argument types as a fit's data and model)."""
-    import numpy as np
-
-    from .model import MLP
-    t = time.perf_counter()
-    X = np.zeros((4, 3), dtype=dtype)
-    for loss, y in (("cross_entropy", np.arange(4) % 2), ("mse", np.zeros(4))):
-        net = MLP([3, 4, 2 if loss == "cross_entropy" else 1], loss=loss, dtype=dtype,
-                  device="cpu")
-        net.predict(X)
-        net.evaluate(X, y)
-    return time.perf_counter() - t

@@ -32,6 +32,7 @@ Mapping to scikit-learn's MLP
 * ``sample_weight`` is not accepted by ``fit``: weighting rows of a stochastic mini-batch
   fit is not equivalent to repeating them, which scikit-learn's estimator checks require.
 """
+import inspect
 import numbers
 import warnings
 
@@ -45,15 +46,15 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from .callbacks import Callback
 from .model import MLP
-from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
+from .optimizers import OPTIMIZERS, Optimizer
+from .registry import ACTIVATIONS, LOSSES, REGRESSION_LOSSES
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "sigmoid": "sigmoid",
-                "identity": "identity", "leaky_relu": "leaky_relu", "elu": "elu",
-                "gelu": "gelu"}
-_REGRESSION_LOSSES = {"squared_error": "mse", "mse": "mse", "absolute_error": "mae",
-                      "mae": "mae", "huber": "huber"}
+# fastbp's names, and scikit-learn's where they differ.
+_ACTIVATIONS = dict({name: name for name in ACTIVATIONS}, logistic="sigmoid")
+_REGRESSION_LOSSES = {alias: name for name in REGRESSION_LOSSES
+                      for alias in (name,) + LOSSES[name].aliases}
 
 
 class _StopRule(Callback):
@@ -185,21 +186,21 @@ class _BaseMLP(BaseEstimator):
             return opt
         decay = float(self.alpha) / batch_size
         lr = float(self.learning_rate_init)
-        name = opt.lower() if isinstance(opt, str) else opt
-        if name == "adam":
-            return Adam(lr=lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-                        weight_decay=decay)
-        if name == "adamw":
-            return AdamW(lr=lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon,
-                         weight_decay=decay)
-        if name == "sgd":
-            return SGD(lr=lr, momentum=self.momentum,
-                       nesterov=bool(self.nesterovs_momentum and self.momentum > 0),
-                       weight_decay=decay)
-        if name == "rmsprop":
-            return RMSprop(lr=lr, eps=self.epsilon, weight_decay=decay)
-        raise ValueError(f"optimizer must be 'adam', 'adamw', 'sgd', 'rmsprop' or a "
-                         f"fastbp Optimizer, got {opt!r}")
+        cls = OPTIMIZERS.get(opt.lower()) if isinstance(opt, str) else None
+        if cls is None:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)} or a fastbp "
+                             f"Optimizer, got {opt!r}")
+        # scikit-learn's parameters, to each rule that has them (momentum: SGD's only).
+        accepts = inspect.signature(cls).parameters
+        kwargs = dict(lr=lr, weight_decay=decay)
+        if "betas" in accepts:
+            kwargs["betas"] = (self.beta_1, self.beta_2)
+        if "eps" in accepts:
+            kwargs["eps"] = self.epsilon
+        if "nesterov" in accepts:
+            kwargs.update(momentum=self.momentum,
+                          nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
+        return cls(**kwargs)
 
     def _seed(self):
         rs = self.random_state
@@ -286,7 +287,7 @@ class _BaseMLP(BaseEstimator):
                 and len(self.model_.history.epoch) == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                           f"reached and the optimization hasn't converged yet.",
-                          ConvergenceWarning)
+                          ConvergenceWarning, stacklevel=2)
         return self
 
     def fit(self, X, y):
@@ -556,4 +557,4 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 # here, so that this import stays light (fastbp.export.sklearn_onnx explains how).
 from .export.sklearn_onnx import register_when_imported as _register_onnx  # noqa: E402
 
-_register_onnx()
+_register_onnx(MLPClassifier, MLPRegressor)

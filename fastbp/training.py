@@ -1,8 +1,15 @@
-"""The epoch loop of one fit: chunks of compiled mini-batches, then Python between them.
+"""The one epoch loop of every fit: batches in compiled chunks, then Python between them.
 
-Data path: validated arrays -> engine.begin_fit (buffers, state) -> per epoch a permutation
--> chunks of batches in single compiled calls (about CHUNK_SECONDS each) -> epoch logs,
-validation, callbacks -> engine.end_fit.
+Data path: validated arrays (fastbp.planning) -> engine.begin_fit (buffers, state) -> per
+epoch a permutation -> the strategy turns the epoch's batches into optimizer steps ->
+epoch logs, validation, callbacks -> engine.end_fit.
+
+A strategy says how an epoch's batches become steps: ``LocalChunks`` here (chunks of
+about CHUNK_SECONDS of compiled batches), or the data-parallel ones of
+fastbp.distributed (a gradient Allreduce per step, or local SGD), which plug into the
+same loop and give callbacks the same hooks with the same meaning:
+``on_chunk_end(chunk, {"loss": mean training loss of the epoch so far})`` after each
+stretch of compiled work (a chunk, or about CHUNK_SECONDS of distributed steps).
 """
 import _signal
 import signal
@@ -12,7 +19,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .backend import single_threaded_blas
+from .engines.cpu import single_threaded_blas
 from .callbacks import History, LearningRateScheduler, TerminateOnNaN
 from .errors import TrainingDivergedError
 from .kernels.shuffle import permutation
@@ -20,13 +27,6 @@ from .progress import Progress
 
 # Python regains control after about this much compiled work (Ctrl-C, progress, callbacks).
 CHUNK_SECONDS = 0.15
-
-
-class FitPlan:
-    """Everything a fit needs, validated before anything about the model changes."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
 
 
 class InterruptFlag:
@@ -90,21 +90,88 @@ def batch_rows(start, stop, batch_size, done):
     return rows
 
 
+class Strategy:
+    """How an epoch's batches become optimizer steps; see the module docstring."""
+
+    rank = 0          # the process that logs, checkpoints and shows progress
+
+    def params(self):
+        """Entries for history.params."""
+        return {}
+
+    def prepare(self, model, plan):
+        """Planning that needs the other processes (a collective)."""
+
+    def begin(self, model, plan, session):
+        """Set up before the first epoch (buffers of the strategy's own)."""
+
+    def run_epoch(self, model, plan, session, perm, callbacks, progress, step_schedule):
+        """Train one epoch in the order ``perm``: (loss sum, metric sum, rows), or None
+        when a loss was not finite (session.bad_loss holds it)."""
+        raise NotImplementedError
+
+    def evaluate(self, model, X, Y, w):
+        """Validation metrics (model.evaluate's dict)."""
+        return model._evaluate_arrays(X, Y, w)
+
+    def end_epoch(self, model, epoch):
+        """After the epoch's logs and callbacks."""
+
+
+class LocalChunks(Strategy):
+    """One process: the epoch as chunks of compiled batches.
+
+    Chunks are sized by the time per batch the engine last measured at this batch size,
+    in this fit or an earlier one: a fit that began with a one-batch chunk to measure it
+    paid about 0.3 ms for that (a call and a pass of this loop, with cold caches), 4% of a
+    narrow net's epoch."""
+
+    def run_epoch(self, model, plan, session, perm, callbacks, progress, step_schedule):
+        opt, n, bs = plan.optimizer, plan.X.shape[0], plan.batch_size
+        engine = model._engine
+        out = np.empty((-(-n // bs), 2), dtype=np.float64)    # per batch [loss, metric sum]
+        loss_sum = metric_sum = 0.0
+        timing = engine.batch_seconds
+        start, chunk, per_batch_s = 0, 0, timing.get(bs)
+        while start < n:
+            stop = min(n, start + chunk_batches(per_batch_s) * bs)
+            nb = -(-(stop - start) // bs)
+            lrs = chunk_rates(opt, step_schedule, session.step_done + 1, nb)
+            tc = time.perf_counter()
+            done = engine.run_chunk(session, perm, start, stop, lrs, session.step_done,
+                                    plan.clip_norm, out[:nb])
+            per_batch_s = timing[bs] = (time.perf_counter() - tc) / max(done, 1)
+            session.step_done += done
+            rows = batch_rows(start, stop, bs, done)
+            loss_sum += float(out[:done, 0] @ rows)
+            metric_sum += float(out[:done, 1].sum())
+            if done:
+                session.last_lr = float(lrs[done - 1])
+            if done < nb:
+                session.bad_loss = out[done, 0]
+                return None
+            chunk += 1
+            progress.chunk(stop, loss_sum / stop)
+            for cb in callbacks:
+                cb.on_chunk_end(chunk, {"loss": loss_sum / stop})
+            start = stop
+            stop_if_interrupted(session)
+        return loss_sum, metric_sum, n
+
+
 def train(model, plan):
     """Run ``plan`` on ``model``; returns the History."""
-    opt = plan.optimizer
+    opt, strategy = plan.optimizer, plan.strategy
     history = History()
     history.params = dict(epochs=plan.epochs, batch_size=plan.batch_size, optimizer=repr(opt),
                           samples=plan.X.shape[0], validation_samples=(
                               0 if plan.validation is None else plan.validation[0].shape[0]))
-    if plan.coll is not None:
-        # what the ranks hand MPI: "device" buffers (CUDA-aware MPI) or "host" memory
-        history.params["mpi_buffers"] = "device" if plan.device_buffers else "host"
+    history.params.update(strategy.params())
     callbacks = [cb for cb in plan.callbacks if not isinstance(cb, TerminateOnNaN)]
-    if plan.coll is not None and plan.coll.rank != 0:
+    if strategy.rank != 0:
         # Rank 0 alone writes checkpoints and logs; decisions (early stopping, rate changes)
         # run on every rank from the same reduced logs, so the ranks stay in step.
-        callbacks = [cb for cb in callbacks if not getattr(cb, "rank0_only", False)]
+        callbacks = [cb for cb in callbacks if not cb.rank0_only]
     callbacks += [TerminateOnNaN()]   # always on, and last: it sees the complete logs
     for cb in [history] + callbacks:
         cb.set_model(model)
@@ -116,8 +183,7 @@ def train(model, plan):
     model.optimizer = opt
     model.stop_training = False
     n = plan.X.shape[0]
-    quiet = plan.coll is not None and plan.coll.rank != 0
-    progress = Progress(0 if quiet else plan.verbose, plan.epochs, n)
+    progress = Progress(plan.verbose if strategy.rank == 0 else 0, plan.epochs, n)
     with single_threaded_blas(model._engine.calls_blas(plan.batch_size)), \
             deferred_interrupt() as interrupt:
         session = model._engine.begin_fit(plan.X, plan.Y, plan.row_w, opt, plan.state,
@@ -125,10 +191,7 @@ def train(model, plan):
         session.step_done = plan.step
         session.last_lr = opt.lr
         session.interrupt = interrupt
-        if plan.coll is not None:
-            # [gradient | batch loss, metric sum, interrupt flag]: one Allreduce per step,
-            # on the device when the engine is CUDA and the MPI library CUDA-aware
-            session.G = model._engine.grad_buffer(session, plan.device_buffers)
+        strategy.begin(model, plan, session)
         try:
             for cb in callbacks:
                 cb.on_train_begin({})
@@ -139,6 +202,7 @@ def train(model, plan):
                 progress.epoch_end(epoch, logs)
                 for cb in callbacks:
                     cb.on_epoch_end(epoch, logs)
+                strategy.end_epoch(model, epoch)
                 if model.stop_training:
                     break
         except KeyboardInterrupt:
@@ -156,22 +220,17 @@ def train(model, plan):
 
 
 def _run_epoch(model, plan, session, epoch, callbacks, progress, step_schedule):
-    if plan.coll is not None:
-        from . import distributed   # only with an MPI communicator; it builds on this module
-    n = plan.X.shape[0]
     for cb in callbacks:
         cb.on_epoch_begin(epoch, {})
+    n = plan.X.shape[0]
     if plan.shuffle:
         perm = permutation(n, int(model._rng.integers(0, 2 ** 63)))
     else:
         perm = np.arange(n, dtype=np.int64)
     snapshot = model._engine.snapshot(session)
     t0 = time.perf_counter()
-    if plan.coll is None:
-        sums = _local_chunks(model, plan, session, perm, callbacks, progress, step_schedule)
-    else:
-        sums = distributed.run_epoch(model, plan, session, perm, callbacks, progress,
-                                     step_schedule)
+    sums = plan.strategy.run_epoch(model, plan, session, perm, callbacks, progress,
+                                   step_schedule)
     if sums is None:
         _diverged(model, session, snapshot, epoch, session.bad_loss)
     loss_sum, metric_sum, n_rows = sums
@@ -184,55 +243,12 @@ def _run_epoch(model, plan, session, epoch, callbacks, progress, step_schedule):
         logs["accuracy"] = metric_sum / n_rows
     model._engine.sync_params(session)     # callbacks read and save the epoch's weights
     if plan.validation is not None:
-        if plan.coll is None:
-            res = model._evaluate_arrays(*plan.validation)
-        else:
-            res = distributed.reduced_evaluate(model, plan.coll, *plan.validation)
+        res = plan.strategy.evaluate(model, *plan.validation)
         logs["val_loss"] = res["loss"]
         logs["val_" + metric] = res[metric]
     logs["lr"] = session.last_lr
     logs["samples_per_s"] = n_rows / elapsed if elapsed > 0 else float("inf")
-    if plan.coll is not None:
-        distributed.check_in_sync(plan.coll, model._params, epoch)
     return logs
-
-
-def _local_chunks(model, plan, session, perm, callbacks, progress, step_schedule):
-    """The epoch as chunks of compiled batches; (loss sum, metric sum, rows) or None.
-
-    Chunks are sized by the time per batch the engine last measured at this batch size,
-    in this fit or an earlier one: a fit that began with a one-batch chunk to measure it
-    paid about 0.3 ms for that (a call and a pass of this loop, with cold caches), 4% of a
-    narrow net's epoch."""
-    opt, n, bs = plan.optimizer, plan.X.shape[0], plan.batch_size
-    out = np.empty((-(-n // bs), 2), dtype=np.float64)    # per batch [loss, metric sum]
-    loss_sum = metric_sum = 0.0
-    timing = model._engine.batch_seconds
-    start, chunk, per_batch_s = 0, 0, timing.get(bs)
-    while start < n:
-        stop = min(n, start + chunk_batches(per_batch_s) * bs)
-        nb = -(-(stop - start) // bs)
-        lrs = chunk_rates(opt, step_schedule, session.step_done + 1, nb)
-        tc = time.perf_counter()
-        done = model._engine.run_chunk(session, perm, start, stop, lrs, session.step_done,
-                                       plan.clip_norm, out[:nb])
-        per_batch_s = timing[bs] = (time.perf_counter() - tc) / max(done, 1)
-        session.step_done += done
-        rows = batch_rows(start, stop, bs, done)
-        loss_sum += float(out[:done, 0] @ rows)
-        metric_sum += float(out[:done, 1].sum())
-        if done:
-            session.last_lr = float(lrs[done - 1])
-        if done < nb:
-            session.bad_loss = out[done, 0]
-            return None
-        chunk += 1
-        progress.chunk(stop, loss_sum / stop)
-        for cb in callbacks:
-            cb.on_chunk_end(chunk, {"loss": loss_sum / stop})
-        start = stop
-        stop_if_interrupted(session)
-    return loss_sum, metric_sum, n
 
 
 def _diverged(model, session, snapshot, epoch, bad_loss):

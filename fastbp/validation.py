@@ -5,6 +5,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError, DataTypeError
 from .kernels.finite import all_finite
+from .registry import LOSSES, check_target_values
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 ALL_FINITE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))   # compiled all_finite's
@@ -87,20 +88,22 @@ def check_targets(y, loss, n_out, n_rows, dtype, name="y"):
 
     cross_entropy takes int class ids 0..n_out-1 (converted to one-hot rows) or rows of
     n_out class probabilities; binary_cross_entropy takes 0/1 values, one column per
-    output; the regression losses take values, one column per output.
+    output; the regression losses take values, one column per output (poisson:
+    non-negative); fastbp.registry's ``targets`` of each loss says which.
     """
+    classes = LOSSES[loss].targets == "classes"
     arr = _as_array(y, name)
     if arr.shape[:1] != (n_rows,):
         raise DataError(f"{name} has {arr.shape[0] if arr.ndim else 0} rows but X has "
                         f"{n_rows}; X and {name} must have the same number of samples")
-    if loss == "cross_entropy" and arr.ndim == 1:
+    if classes and arr.ndim == 1:
         if arr.dtype.kind == "f":
             require_finite(arr, name)
             if np.any(arr != np.round(arr)):
-                raise DataError(f"{name} for cross_entropy must hold integer class ids "
+                raise DataError(f"{name} for {loss} must hold integer class ids "
                                 f"0..{n_out - 1} or one-hot rows; got non-integer values")
         elif arr.dtype.kind not in "iub":
-            raise DataTypeError(f"{name} for cross_entropy must be integer class ids, got "
+            raise DataTypeError(f"{name} for {loss} must be integer class ids, got "
                                 f"dtype {arr.dtype}")
         ids = arr.astype(np.int64)
         lo, hi = int(ids.min()), int(ids.max())
@@ -115,9 +118,9 @@ def check_targets(y, loss, n_out, n_rows, dtype, name="y"):
     if arr.ndim != 2:
         raise DataError(f"{name} must be 1-D or 2-D, got shape {arr.shape}")
     if arr.shape[1] != n_out:
-        kind = "one-hot width" if loss == "cross_entropy" else "number of target columns"
+        kind = "one-hot width" if classes else "number of target columns"
         hint = ""
-        if loss == "cross_entropy" and arr.shape[1] == 1:
+        if classes and arr.shape[1] == 1:
             hint = f"; pass class ids as a 1-D array ({name}.ravel())"
         raise DataError(f"{name} {kind} is {arr.shape[1]} but the model has {n_out} "
                         f"outputs{hint}")
@@ -126,13 +129,7 @@ def check_targets(y, loss, n_out, n_rows, dtype, name="y"):
     if not (Y.flags.aligned and Y.flags.writeable):   # see check_X
         Y = Y.copy()
     require_finite(Y, name)
-    if loss == "binary_cross_entropy" and np.any((Y != 0) & (Y != 1)):
-        raise DataError(f"{name} for binary_cross_entropy must contain only 0 and 1 (one "
-                        f"column per output); threshold or encode the targets first")
-    if loss == "cross_entropy" and (np.any(Y < 0) or
-                                    not np.allclose(Y.sum(axis=1), 1.0, atol=1e-3)):
-        raise DataError(f"{name} rows for cross_entropy must be one-hot or probabilities "
-                        f"(non-negative, summing to 1)")
+    check_target_values(loss, Y, name)
     return Y
 
 

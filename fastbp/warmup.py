@@ -29,3 +29,17 @@ def warmup(dtypes=("float32",), verbose=False):
     if verbose:
         print(f"fastbp warmup: {dt:.2f} s for {list(dtypes)}")
     return dt
+
+
+def compile_inference(dtype):
+    """In fastbp.precompile's child: one tiny predict and evaluate, the calls whose entries
+    the parent will need (the same argument types as a fit's data and model)."""
+    from .model import MLP
+    t = time.perf_counter()
+    X = np.zeros((4, 3), dtype=dtype)
+    for loss, y in (("cross_entropy", np.arange(4) % 2), ("mse", np.zeros(4))):
+        net = MLP([3, 4, 2 if loss == "cross_entropy" else 1], loss=loss, dtype=dtype,
+                  device="cpu")
+        net.predict(X)
+        net.evaluate(X, y)
+    return time.perf_counter() - t

@@ -71,7 +71,9 @@ def activate(code, z):
         return sigmoid(z)
     if code == TANH:
         return math.tanh(z)
-    return z
+    if code == IDENTITY:
+        return z
+    return math.nan       # an unknown code: NaN, caught as divergence, never another f
 
 
 def activate_grad(code, z, a):
@@ -91,7 +93,9 @@ def activate_grad(code, z, a):
         return a * (1.0 - a)
     if code == TANH:
         return 1.0 - a * a
-    return 1.0
+    if code == IDENTITY:
+        return 1.0
+    return math.nan
 
 
 def bce_with_logits(z, y):
@@ -108,11 +112,12 @@ def pointwise_loss(code, z, y):
         return d * d
     if code == MAE:
         return abs(d)
-    # HUBER
-    ad = abs(d)
-    if ad <= HUBER_DELTA:
-        return 0.5 * d * d
-    return HUBER_DELTA * (ad - 0.5 * HUBER_DELTA)
+    if code == HUBER:
+        ad = abs(d)
+        if ad <= HUBER_DELTA:
+            return 0.5 * d * d
+        return HUBER_DELTA * (ad - 0.5 * HUBER_DELTA)
+    return math.nan
 
 
 def pointwise_loss_grad(code, z, y):
@@ -129,12 +134,13 @@ def pointwise_loss_grad(code, z, y):
         if d < 0:
             return -1.0
         return 0.0
-    # HUBER
-    if d > HUBER_DELTA:
-        return HUBER_DELTA
-    if d < -HUBER_DELTA:
-        return -HUBER_DELTA
-    return d
+    if code == HUBER:
+        if d > HUBER_DELTA:
+            return HUBER_DELTA
+        if d < -HUBER_DELTA:
+            return -HUBER_DELTA
+        return d
+    return math.nan
 
 
 def loss_scale(code, rows, n_out):
@@ -149,7 +155,9 @@ def output_activate(code, z):
     """Output activation of the pointwise losses (softmax is handled row-wise)."""
     if code == BINARY_CROSS_ENTROPY:
         return sigmoid(z)
-    return z
+    if code == MSE or code == MAE or code == HUBER:
+        return z
+    return math.nan
 
 
 # Dropout: a counter-based hash decides each unit's fate from (seed, step, layer, row, col),
@@ -378,9 +386,9 @@ def output_rows(Z, z0, A, a0, count, n, loss):
 
 _FUNCTIONS = ("hash32", "dropout_keep", "sigmoid", "activate", "activate_grad",
               "bce_with_logits", "pointwise_loss", "pointwise_loss_grad", "loss_scale",
-              "output_activate", "sgd_step", "adam_step", "rmsprop_step", "adam_constants",
-              "optimizer_slots", "optimizer_coefficients", "optimizer_step", "row_metric",
-              "output_rows")
+              "output_activate", "sgd_step", "adam_step", "rmsprop_step",
+              "adam_constants", "optimizer_slots", "optimizer_coefficients", "optimizer_step",
+              "row_metric", "output_rows")
 
 
 def compile_with(jit, tag):

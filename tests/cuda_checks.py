@@ -11,8 +11,10 @@ from numba import config, cuda
 
 import fastbp
 from fastbp.errors import TrainingDivergedError
+from fastbp.engines.cuda import CudaEngine
 from fastbp.kernels import cuda as kc
 from fastbp.kernels import math as km
+from targets import targets_for
 from fastbp.optimizers import SGD, Adam, AdamW, RMSprop
 
 SIM = bool(config.ENABLE_CUDASIM)
@@ -26,13 +28,7 @@ BATCH = 4          # batches of 4, 4 and 2 rows: the last one is partial
 def _data(loss, n_out, n=N_ROWS, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, N_IN))
-    if loss == "cross_entropy":
-        y = np.arange(n) % n_out
-    elif loss == "binary_cross_entropy":
-        y = (rng.random((n, n_out)) < 0.5).astype(np.float64)
-    else:
-        y = rng.normal(size=(n, n_out))
-    return X, y
+    return X, targets_for(loss, rng, n, n_out)
 
 
 # The training paths of the CUDA engine: "layers" (layer-by-layer kernels), "fused" (one
@@ -51,13 +47,13 @@ def path(request, monkeypatch):
     calls = []
 
     def spy(method):
-        original = getattr(kc.CudaEngine, method)
+        original = getattr(CudaEngine, method)
 
         def wrapper(self, *args, **kw):
             res = original(self, *args, **kw)
             calls.append((method, res))
             return res
-        monkeypatch.setattr(kc.CudaEngine, method, wrapper)
+        monkeypatch.setattr(CudaEngine, method, wrapper)
 
     for method in ("_layer_chunk", "_backward_layers", "_fused_chunk", "_fused_phase1",
                    "_fused_blocks"):
@@ -436,12 +432,12 @@ def test_size_rule(monkeypatch):
 def test_inference_matches_cpu(infer_path, monkeypatch):
     monkeypatch.setattr(kc, "FUSED_PATH", "auto" if infer_path == "fused" else "layers")
     launched = []
-    original = kc.CudaEngine._fused_forward
+    original = CudaEngine._fused_forward
 
     def spy(self, *args):
         launched.append(True)
         return original(self, *args)
-    monkeypatch.setattr(kc.CudaEngine, "_fused_forward", spy)
+    monkeypatch.setattr(CudaEngine, "_fused_forward", spy)
     a, b = _pair([4, 6, 5, 3], activation="gelu", dtype="float64")
     X, _ = _data("cross_entropy", 3, n=9)
     for loss in ("mse", "binary_cross_entropy"):      # the other output activations
@@ -518,3 +514,36 @@ def test_wide_layers_match_cpu(dtype, rtol):
     b.fit(X, y, **fit)
     for p, q in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(q, p, rtol=rtol, atol=rtol * np.abs(p).max())
+
+
+def test_every_code_has_its_branch_on_the_device():
+    """The device functions, as test_registry checks the CPU's: each known activation,
+    loss and optimizer code finite, an unknown one NaN."""
+    f = kc._scalar
+    acts = np.array(sorted(km.ACTIVATIONS.values()) + [max(km.ACTIVATIONS.values()) + 1])
+    losses = np.array([c for c in km.LOSSES.values() if c != km.CROSS_ENTROPY] +
+                      [max(km.LOSSES.values()) + 1])
+    opts = np.array(sorted(km.OPTIMIZER_HYPER) + [max(km.OPTIMIZER_HYPER) + 1])
+
+    @cuda.jit
+    def probe(acts, losses, opts, out):
+        i = cuda.grid(1)
+        if i < acts.shape[0]:
+            out[0, i] = f.activate_grad(acts[i], 0.4, f.activate(acts[i], 0.4))
+        if i < losses.shape[0]:
+            out[1, i] = f.pointwise_loss_grad(losses[i], 0.3, 1.0) + \
+                f.pointwise_loss(losses[i], 0.3, 1.0) + f.output_activate(losses[i], 0.3)
+        if i < opts.shape[0] - (1 if config.ENABLE_CUDASIM else 0):
+            p, s0, s1 = f.optimizer_step(opts[i], 1.0, 0.5, 0.2, 0.3, 0.1, 0.9, 0.1, 0.999,
+                                         1e-3, 0.0, 1.0, 0.1, 1.0, 0.0)
+            out[2, i] = p + s0 + s1
+
+    n = max(len(acts), len(losses), len(opts))
+    out = np.zeros((3, n))
+    # Simulated, 0/0 raises as in Python (the unknown optimizer's NaN): test_registry
+    # covers that case; on a GPU it is NaN.
+    out[2, len(opts) - 1] = np.nan
+    probe[1, n](acts, losses, opts, out)
+    for row, codes in enumerate((acts, losses, opts)):
+        assert np.isfinite(out[row, :len(codes) - 1]).all(), (row, out[row])
+        assert np.isnan(out[row, len(codes) - 1]), (row, out[row])

@@ -10,6 +10,7 @@ import pytest
 
 import fastbp
 from fastbp.kernels import math as km
+from targets import targets_for
 
 # The simulator's dropout hash runs on NumPy int64 scalars: its wrap-around is intended.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
@@ -21,11 +22,7 @@ LOSSES = sorted(km.LOSSES)
 def _data(loss, n_out, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(10, 4))
-    if loss == "cross_entropy":
-        return X, np.arange(10) % n_out
-    if loss == "binary_cross_entropy":
-        return X, (rng.random((10, n_out)) < 0.5).astype(np.float64)
-    return X, rng.normal(size=(10, n_out))
+    return X, targets_for(loss, rng, 10, n_out)
 
 
 def _cuda_model(activation, loss, dtype, depth):

@@ -75,7 +75,7 @@ def test_kernels_compile_for_gpu(dtype, monkeypatch):
                         "without a GPU")
         monkeypatch.setattr(dispatcher, "get_current_device",
                             lambda: types.SimpleNamespace(compute_capability=(9, 0)))
-    from fastbp.kernels import cuda as kc
-    for name, (kernel, argtypes) in kc.signatures(dtype).items():
+    from fastbp.engines.cuda import signatures
+    for name, (kernel, argtypes) in signatures(dtype).items():
         ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=(9, 0))
         assert ".entry" in ptx, name

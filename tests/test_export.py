@@ -31,10 +31,11 @@ from sklearn.preprocessing import StandardScaler
 import fastbp
 from fastbp import cli
 from fastbp.errors import ConfigError, MissingDependencyError, ModelFileError
-from fastbp.export import OUTPUT_LINKS
+from fastbp.export.common import OUTPUT_LINKS
 from fastbp.export import onnx_graph, sklearn_onnx, torch_interop
 from fastbp.kernels import math as km
 from fastbp.sklearn import MLPClassifier, MLPRegressor
+from targets import targets_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -59,13 +60,7 @@ def _close(got, want, dtype):
 def _data(loss, n_out, n=60, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, N_IN)) * 2.0
-    if loss == "cross_entropy":
-        y = np.arange(n) % n_out
-    elif loss == "binary_cross_entropy":
-        y = (rng.random((n, n_out)) < 0.5).astype(np.float64)
-    else:
-        y = rng.normal(size=(n, n_out))
-    return X, y
+    return X, targets_for(loss, rng, n, n_out)
 
 
 @functools.lru_cache(maxsize=None)
@@ -569,16 +564,20 @@ def _bad_sequentials():
     return [
         (nn.Sequential(L(3, 4), nn.Conv1d(4, 4, 1), L(4, 2)), r"module 1 \(Conv1d.*not supported"),
         (nn.Sequential(L(3, 4), nn.BatchNorm1d(4), L(4, 2)), r"module 1 \(BatchNorm1d"),
-        (nn.Sequential(L(3, 4), nn.LeakyReLU(0.2), L(4, 2)), r"module 1 \(LeakyReLU\(negative_slope=0.2\)\) is not fastbp's leaky_relu activation, "
+        (nn.Sequential(L(3, 4), nn.LeakyReLU(0.2), L(4, 2)),
+         r"module 1 \(LeakyReLU\(negative_slope=0.2\)\) is not fastbp's leaky_relu activation, "
          r"which is LeakyReLU\(negative_slope=0.01\)"),
-        (nn.Sequential(L(3, 4), nn.ELU(0.5), L(4, 2)), r"module 1 \(ELU\(alpha=0.5\)\) is not fastbp's elu"),
-        (nn.Sequential(L(3, 4), nn.GELU("tanh"), L(4, 2)), r"is not fastbp's gelu activation, which is GELU\(approximate='none'\)"),
+        (nn.Sequential(L(3, 4), nn.ELU(0.5), L(4, 2)),
+         r"module 1 \(ELU\(alpha=0.5\)\) is not fastbp's elu"),
+        (nn.Sequential(L(3, 4), nn.GELU("tanh"), L(4, 2)),
+         r"is not fastbp's gelu activation, which is GELU\(approximate='none'\)"),
         (nn.Sequential(L(3, 4), nn.ReLU(), nn.Tanh(), L(4, 2)), r"module 2 \(Tanh\(\)\) does not"),
         (nn.Sequential(L(3, 4), nn.Dropout(0.1), nn.ReLU(), L(4, 2)), r"module 1 \(Dropout"),
         (nn.Sequential(L(3, 4), nn.ReLU(), L(4, 2), nn.ReLU()), r"module 3 \(ReLU\(\)\) follows "
                                                                r"the last Linear"),
         (nn.Sequential(L(3, 4), L(4, 2), nn.Dropout(0.5)), r"module 2 .*follows the last"),
-        (nn.Sequential(L(3, 4), L(4, 2), nn.Softmax(dim=0)), r"module 2 \(Softmax\(dim=0\)\) is not "
+        (nn.Sequential(L(3, 4), L(4, 2), nn.Softmax(dim=0)),
+         r"module 2 \(Softmax\(dim=0\)\) is not "
                                                              r"fastbp's softmax output head"),
         (nn.Sequential(L(3, 4), L(4, 2), nn.Softmax(-1), nn.Identity(), nn.Sigmoid()),
          r"module 2 .*follows the last Linear"),
@@ -932,5 +931,5 @@ def test_cli_export_keeps_class_labels_and_safetensors_predicts(tmp_path, capsys
     assert preds[0] == "species" and set(preds[1:]) <= set(d.target_names)
     assert cli.main(["export", str(model), str(tmp_path / "iris.onnx")]) == 0
     props = {p.key: p.value for p in onnx.load(tmp_path / "iris.onnx").metadata_props}
-    meta = json.loads(props["fastbp.cli_meta"])
+    meta = json.loads(props["cli_meta"])
     assert meta["classes"] == list(d.target_names) and meta["features"] == list("abcd")

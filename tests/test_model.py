@@ -202,7 +202,7 @@ def test_one_row_predict(dtype):
 def test_large_predict_matches_reference_across_blocks_and_tiles(monkeypatch):
     """Rows split into blocks, blocks over threads, each thread's rows in tiles: every row
     must come out as the reference forward pass computes it, with uneven remainders."""
-    import fastbp.backend as backend
+    import fastbp.engines.cpu as backend
     from reference import forward
     net = fastbp.MLP([5, 16, 7, 3], activation="tanh", dtype="float64", device="cpu", seed=1)
     X = np.random.default_rng(2).normal(size=(1001, 5))

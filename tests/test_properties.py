@@ -9,6 +9,7 @@ from scipy.special import logsumexp
 
 import fastbp
 import reference
+from targets import targets_for
 from fastbp.kernels import cpu
 from fastbp.kernels import math as km
 from fastbp.kernels.jit import entry_for
@@ -136,13 +137,10 @@ def test_random_networks_match_the_numpy_reference(net_spec):
     net.set_weights(weights)
     X = rng.normal(size=(n, sizes[0]))
     k = sizes[-1]
+    y = Y = targets_for(loss, rng, n, k)
     if loss == "cross_entropy":
         y = rng.integers(0, k, n)
         Y = reference.one_hot(y, k)
-    elif loss == "binary_cross_entropy":
-        y = Y = rng.integers(0, 2, (n, k)).astype(float)
-    else:
-        y = Y = rng.normal(size=(n, k))
     expected = reference.predict_proba(weights, X, activation, loss)
     got = net.predict_proba(X) if net.is_classifier else net.predict(X).reshape(n, k)
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)

@@ -145,7 +145,7 @@ def test_regressor_multioutput_losses_and_shapes():
     reg = MLPRegressor(**SMALL).fit(X, y[:, 0])
     assert reg.predict(X).shape == (200,)
     with pytest.raises(ValueError, match="loss"):
-        MLPRegressor(loss="poisson").fit(X, y)
+        MLPRegressor(loss="gamma").fit(X, y)
 
 
 @pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])

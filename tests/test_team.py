@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import backend
+from fastbp.engines import cpu as backend
 from fastbp.kernels import cpu
 from fastbp.kernels.sync import STRIDE, members_joined, sync_words
 from fastbp.threads import POOL
@@ -238,7 +238,7 @@ def test_the_pool_runs_every_member_and_tracks_what_they_hold():
 
 
 def test_thread_policy_times_both_and_keeps_the_faster():
-    from fastbp.backend import ThreadPolicy
+    from fastbp.engines.cpu import ThreadPolicy
     p = ThreadPolicy()
     assert p.choose() is True                   # nothing measured: the team
     p.record(False, 1.0, True)                  # the kernel ran it alone by size: no data

@@ -11,80 +11,9 @@ Every exporter is driven by tables with one entry per activation and one per out
 silent identity. Importing this package imports none of the optional libraries; each is
 imported inside the function that needs it, through :func:`require`.
 """
-import importlib
-import os
-
-from ..errors import ConfigError, MissingDependencyError
-
-# The output link of each loss: what turns the last layer's values into predict_proba /
-# predict's values. Kept here, beside the exporters, because the kernels encode it in
-# their loss code only.
-OUTPUT_LINKS = {
-    "cross_entropy": "softmax",
-    "binary_cross_entropy": "sigmoid",
-    "mse": "identity",
-    "mae": "identity",
-    "huber": "identity",
-}
-
-# The exporters' ``output`` argument: "auto" ends in the loss's link, "logits" before it.
-OUTPUTS = ("auto", "logits")
-
-# What fastbp writes, by file suffix. "npz" and "safetensors" load back with fastbp.load.
-SUFFIX_FORMATS = {
-    ".npz": "npz",
-    ".safetensors": "safetensors",
-    ".onnx": "onnx",
-    ".pt": "torch",
-    ".pth": "torch",
-}
-
-
-def output_link(loss):
-    """The link name of ``loss``; ConfigError for a loss no exporter knows."""
-    try:
-        return OUTPUT_LINKS[loss]
-    except KeyError:
-        raise ConfigError(f"loss {loss!r} has no output link in fastbp.export.OUTPUT_LINKS; "
-                          f"it cannot be exported until one is added") from None
-
-
-def check_output(output):
-    if not isinstance(output, str) or output not in OUTPUTS:
-        raise ConfigError(f"output must be 'auto' (the loss's head: probabilities or values) "
-                          f"or 'logits' (the last layer before the head), got {output!r}")
-    return output
-
-
-def lookup(table, name, kind, exporter):
-    """``table[name]``, or a ConfigError naming the missing mapping."""
-    try:
-        return table[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"{exporter} has no mapping for the {kind} {name!r} (it knows "
-                          f"{sorted(table)}); add one before exporting such a model") from None
-
-
-def require(module, extra, purpose):
-    """Import an optional dependency, or raise MissingDependencyError naming its extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"{purpose} needs the '{module}' package, which is not installed: "
-            f"pip install \"fastbp[{extra}]\"") from e
-
-
-def format_of(path, formats, what):
-    """The format named by ``path``'s suffix among ``formats``; ConfigError otherwise."""
-    suffix = os.path.splitext(os.fspath(path))[1].lower()
-    fmt = SUFFIX_FORMATS.get(suffix)
-    if fmt not in formats:
-        known = ", ".join(s for s, f in SUFFIX_FORMATS.items() if f in formats)
-        raise ConfigError(f"{what}: cannot tell the format from the suffix "
-                          f"{suffix or '(none)'!r} of {os.fspath(path)!r}; use one of {known}")
-    return fmt
-
+from ..errors import ConfigError
+from ..files import atomic_write
+from .common import check_output, format_of, require
 
 EXPORT_FORMATS = ("onnx", "safetensors", "npz", "torch")
 
@@ -104,8 +33,8 @@ def export(model, path, opset=None, output="auto", metadata=None):
     output : "auto" or "logits"
         The head of .onnx and .pt exports (only "auto" for model files).
     metadata : dict of str to str, optional
-        Extra entries for ONNX's metadata_props or the safetensors header (those two
-        formats only).
+        Extra entries for ONNX's metadata_props or a model file's ``extra`` (.npz and
+        .safetensors; not .pt).
 
     Returns
     -------
@@ -132,12 +61,11 @@ def export(model, path, opset=None, output="auto", metadata=None):
     elif fmt == "safetensors":
         from . import safetensors_io
         safetensors_io.save(model, path, metadata=metadata)
+    elif fmt == "npz":
+        model.save(path, format="npz", extra=metadata)
     elif metadata:
         raise ConfigError(f"a {fmt} export takes no metadata")
-    elif fmt == "npz":
-        model.save(path, format="npz")
     else:
-        from ..persistence import atomic_write
         torch = require("torch", "torch", "a .pt export")
         state = model.to_torch(output=output).state_dict()
         atomic_write(path, lambda f: torch.save(state, f))

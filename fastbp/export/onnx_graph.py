@@ -24,8 +24,10 @@ import os
 import numpy as np
 
 from ..errors import ConfigError
+from ..files import atomic_write
 from ..kernels import math as km
-from . import check_output, lookup, output_link, require
+from ..registry import ACTIVATIONS, LINKS
+from .common import check_output, lookup, output_link, require
 
 MIN_OPSET = 13          # Softmax over the last axis and every op used here, in one form
 DEFAULT_OPSET = 17      # run by ONNX Runtime 1.13 and later, and by most other runtimes
@@ -164,14 +166,9 @@ def _erf_float64(g, s, p):
 
 
 # ------------------------------------------------------------------- activation table
-def _identity(g, z, p, out=None):
-    return z if out is None else g.op("Identity", [z], f"{p}/identity", out=out)
-
-
-def _relu(g, z, p, out=None):
-    return g.op("Relu", [z], f"{p}/relu", out=out)
-
-
+# The registry gives each activation and link an ONNX expression; those ONNX Runtime
+# cannot run as written in float64 (or that need an attribute rounded to float32) name a
+# builder here instead.
 def _leaky_relu(g, z, p, out=None):
     if g.dtype == np.float64:      # alpha is a float32 attribute: 0.01 would be rounded
         return g.op("Max", [z, g.op("Mul", [z, g.scalar(km.LEAKY_SLOPE)], f"{p}/slope")],
@@ -198,37 +195,36 @@ def _gelu(g, z, p, out=None):
                 f"{p}/gelu", out=out)
 
 
-def _sigmoid(g, z, p, out=None):
-    return g.op("Sigmoid", [z], f"{p}/sigmoid", out=out)
+BUILDERS = {"leaky_relu": _leaky_relu, "elu": _elu, "gelu": _gelu}
 
 
-def _tanh(g, z, p, out=None):
-    return g.op("Tanh", [z], f"{p}/tanh", out=out)
+def _emit(g, expr, z, p, out=None):
+    """The tensor of a registry expression over ``z``: "x", a number, or (op, argument...,
+    {attributes}); ``out`` names the outermost node's output."""
+    if isinstance(expr, str):
+        if expr != "x":     # a builder's name
+            return BUILDERS[expr](g, z, p, out=out)
+        return z if out is None else g.op("Identity", [z], f"{p}/identity", out=out)
+    if isinstance(expr, numbers.Real):
+        return g.scalar(float(expr))
+    op, *args = expr
+    attrs = args.pop() if args and isinstance(args[-1], dict) else {}
+    inputs = [_emit(g, a, z, p) for a in args]
+    return g.op(op, inputs, f"{p}/{op.lower()}", out=out, **attrs)
 
 
-def _softmax(g, z, p, out=None):
-    return g.op("Softmax", [z], f"{p}/softmax", out=out, axis=-1)
+def _emitter(expr):
+    """fn(builder, pre_activation, name_prefix, out=None) -> tensor name; None for None."""
+    if expr is None:
+        return None
+    if isinstance(expr, str) and expr != "x" and expr not in BUILDERS:
+        raise KeyError(f"no ONNX builder {expr!r}")
+    return lambda g, z, p, out=None: _emit(g, expr, z, p, out)
 
 
-# One entry per hidden activation of fastbp.kernels.math.ACTIVATIONS:
-# fn(builder, pre_activation, name_prefix, out=None) -> tensor name.
-ACTIVATION_OPS = {
-    "identity": _identity,
-    "relu": _relu,
-    "leaky_relu": _leaky_relu,
-    "elu": _elu,
-    "gelu": _gelu,
-    "sigmoid": _sigmoid,
-    "tanh": _tanh,
-}
-
-# One entry per output link of fastbp.export.OUTPUT_LINKS: (fn or None for no node, the
-# graph output's name).
-LINK_OPS = {
-    "softmax": (_softmax, "probabilities"),
-    "sigmoid": (_sigmoid, "probabilities"),
-    "identity": (None, "predictions"),
-}
+# One entry per hidden activation and per output link of fastbp.registry.
+ACTIVATION_OPS = {name: _emitter(a.onnx) for name, a in ACTIVATIONS.items()}
+LINK_OPS = {name: (_emitter(k.onnx), k.output_name) for name, k in LINKS.items()}
 
 
 # ----------------------------------------------------------------------------- network
@@ -314,7 +310,7 @@ def to_onnx(model, path=None, opset=None, output="auto"):
         [helper.make_tensor_value_info(x, elem, ["batch", model.sizes[0]])],
         [helper.make_tensor_value_info(y, elem, ["batch", model.sizes[-1]])],
         initializer=g.initializers)
-    from .. import __version__
+    from ..version import __version__
     proto = helper.make_model_gen_version(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="fastbp",
         producer_version=__version__, doc_string=repr(model))
@@ -327,7 +323,6 @@ def to_onnx(model, path=None, opset=None, output="auto"):
 
 def write(onnx, proto, path):
     """Write ``proto`` to ``path``: atomically, or with external data past 2 GiB."""
-    from ..persistence import atomic_write
     path = os.fspath(path)
     weight_bytes = sum(int(np.prod(t.dims)) *
                        onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize

@@ -19,7 +19,8 @@ import re
 import numpy as np
 
 from ..errors import ModelFileError
-from . import require
+from ..files import ModelFile, atomic_write, check_layer_shapes
+from .common import require
 
 FORMAT_NAME = "fastbp-mlp"
 FORMAT_VERSION = 1
@@ -47,12 +48,8 @@ def save(model, path, metadata=None):
     metadata : dict of str to str, optional
         More header entries (their keys may not start with "fastbp." or be "format").
     """
-    from ..persistence import atomic_write
     from .torch_interop import state_dict_keys
     st = _library("saving a .safetensors model")
-    sync = getattr(model, "_engine_sync", None)
-    if sync is not None:
-        sync()
     weights = model.get_weights()
     tensors = {}
     for l, (wk, bk) in enumerate(state_dict_keys(model)):
@@ -66,9 +63,10 @@ def save(model, path, metadata=None):
             PREFIX + "layout": "torch.nn.Sequential state_dict: <i>.weight (n_out, n_in), "
                                "<i>.bias (n_out,)"}
     for k, v in (metadata or {}).items():
-        if not isinstance(k, str) or not isinstance(v, str) or k in meta:
-            raise ValueError(f"metadata entries must be new str keys with str values, got "
-                             f"{k!r}: {v!r}")
+        if not isinstance(k, str) or not isinstance(v, str) or k in meta or \
+                k.startswith(PREFIX):
+            raise ValueError(f"metadata entries must be new str keys (not 'fastbp.*') with "
+                             f"str values, got {k!r}: {v!r}")
         meta[k] = v
     data = st.numpy.save(tensors, metadata=meta)
     atomic_write(path, lambda f: f.write(data))
@@ -137,7 +135,6 @@ def check(cfg, trainable, specs, path):
     """Check the config against the tensors' ``specs`` {name: (shape, dtype code)}: names,
     shapes, dtypes and flags. Returns the layer keys; raises ModelFileError."""
     from ..kernels import math as km
-    from ..persistence import check_layer_shapes
     keys = _layer_keys(specs, path)
     sizes = cfg.get("sizes")
     problem = check_layer_shapes(sizes, [(specs[w][0], specs[b][0]) for w, b in keys],
@@ -167,28 +164,17 @@ def check(cfg, trainable, specs, path):
     return keys
 
 
-def load(path, device=None):
-    """The :class:`fastbp.MLP` saved in the .safetensors file at ``path``.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    device : "auto", "cpu" or "cuda", optional
-        Overrides the device recorded in the config.
-
-    Raises
-    ------
-    fastbp.ModelFileError
-        Not a safetensors file, not fastbp's, from a newer fastbp, or a config that does
-        not match the tensors.
-    """
-    from ..errors import ConfigError
-    from ..model import MLP
+def read(path):
+    """The :class:`fastbp.persistence.ModelFile` in the .safetensors file at ``path``;
+    ModelFileError when it is not a safetensors file, not fastbp's, from a newer fastbp,
+    or its config does not match its tensors. Header entries other than fastbp's come back
+    as ``extra``."""
     path = os.fspath(path)
     st = _library("loading a .safetensors model")
     try:
         with st.safe_open(path, framework="numpy") as f:
-            cfg, trainable = _header(dict(f.metadata() or {}), path)
+            meta = dict(f.metadata() or {})
+            cfg, trainable = _header(meta, path)
             specs = {}
             for name in f.keys():
                 s = f.get_slice(name)
@@ -198,13 +184,13 @@ def load(path, device=None):
     except (st.SafetensorError, OSError) as e:
         raise ModelFileError(f"{path!r} is not a readable safetensors file (truncated, "
                              f"corrupted or another format): {e}") from None
-    if device is not None:
-        cfg["device"] = device
-    try:
-        model = MLP(**cfg)
-        model.set_weights([a.T if i % 2 == 0 else a for i, a in enumerate(arrays)])
-    except (ConfigError, ValueError, TypeError) as e:
-        raise _bad(path, str(e)) from None
-    if trainable is not None:
-        model._trainable[:] = trainable
-    return model
+    extra = {k: v for k, v in meta.items()
+             if k != "format" and (not k.startswith(PREFIX) or k == LEGACY_CLI_KEY)}
+    if LEGACY_CLI_KEY in extra:
+        extra["cli_meta"] = extra.pop(LEGACY_CLI_KEY)
+    weights = [np.ascontiguousarray(a.T) if i % 2 == 0 else a for i, a in enumerate(arrays)]
+    return ModelFile(cfg, weights, trainable, extra)
+
+
+# The command line's entry of earlier files, read back as extra["cli_meta"].
+LEGACY_CLI_KEY = PREFIX + "cli_meta"

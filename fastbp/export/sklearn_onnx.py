@@ -23,6 +23,7 @@ lets the normal machinery import skl2onnx and registers the converters right aft
 skl2onnx's own ``__init__`` has run, then removes itself. Import order therefore does not
 matter, and nothing is imported early. :func:`register` registers explicitly.
 """
+import importlib
 import importlib.abc
 import sys
 import warnings
@@ -30,7 +31,7 @@ import warnings
 import numpy as np
 
 from ..errors import ConfigError
-from . import require
+from .common import require
 
 ALIASES = {"MLPClassifier": "FastbpMLPClassifier", "MLPRegressor": "FastbpMLPRegressor"}
 # As skl2onnx registers scikit-learn's MLPClassifier; its classifier parser reads zipmap.
@@ -38,10 +39,17 @@ CLASSIFIER_OPTIONS = {"zipmap": [True, False, "columns"], "nocl": [False, True],
                       "output_class_labels": [False, True]}
 
 
+# fastbp.sklearn hands its estimator classes over as it is imported (this module never
+# imports it: the wrappers depend on the converters' registration, not the other way).
+_ESTIMATORS = {}
+
+
 def register():
     """Register the converters of fastbp.sklearn's estimators with skl2onnx (idempotent)."""
     skl2onnx = require("skl2onnx", "onnx", "converting fastbp estimators with skl2onnx")
-    from ..sklearn import MLPClassifier, MLPRegressor
+    if not _ESTIMATORS:
+        importlib.import_module("fastbp.sklearn")   # hands the classes over on import
+    MLPClassifier, MLPRegressor = _ESTIMATORS["classifier"], _ESTIMATORS["regressor"]
     skl2onnx.update_registered_converter(
         MLPClassifier, ALIASES["MLPClassifier"], _shape_classifier, _convert_classifier,
         options=CLASSIFIER_OPTIONS)
@@ -100,8 +108,10 @@ def _uninstall():
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _RegisterOnImport)]
 
 
-def register_when_imported():
-    """Register now if skl2onnx is imported, else as soon as it is (see the module notes)."""
+def register_when_imported(classifier, regressor):
+    """Register the estimator classes now if skl2onnx is imported, else as soon as it is
+    (see the module notes)."""
+    _ESTIMATORS.update(classifier=classifier, regressor=regressor)
     if "skl2onnx" in sys.modules:
         _register_quietly()
     elif not any(isinstance(f, _RegisterOnImport) for f in sys.meta_path):

@@ -11,8 +11,10 @@ torch is imported only inside these functions.
 import numpy as np
 
 from ..errors import ConfigError
+from ..files import ModelFile
 from ..kernels import math as km
-from . import check_output, lookup, output_link, require
+from ..registry import ACTIVATIONS, LINKS, LOSSES
+from .common import check_output, lookup, output_link, require
 
 _DTYPES = ("float32", "float64")
 
@@ -21,25 +23,11 @@ def _torch():
     return require("torch", "torch", "PyTorch interop")
 
 
-# One entry per hidden activation: a factory of the module (None: no module, the Linear's
-# output goes on as it is). from_torch reads the same table backwards: a module of an
-# entry's type must have the entry's constants.
-ACTIVATION_MODULES = {
-    "identity": None,
-    "relu": lambda nn: nn.ReLU(),
-    "leaky_relu": lambda nn: nn.LeakyReLU(negative_slope=km.LEAKY_SLOPE),
-    "elu": lambda nn: nn.ELU(alpha=km.ELU_ALPHA),
-    "gelu": lambda nn: nn.GELU(approximate="none"),
-    "sigmoid": lambda nn: nn.Sigmoid(),
-    "tanh": lambda nn: nn.Tanh(),
-}
-
-# One entry per output link of fastbp.export.OUTPUT_LINKS.
-LINK_MODULES = {
-    "softmax": lambda nn: nn.Softmax(dim=-1),
-    "sigmoid": lambda nn: nn.Sigmoid(),
-    "identity": None,
-}
+# A factory of the module of each hidden activation and each output link, from the registry
+# (None: no module, the Linear's output goes on as it is). from_torch reads the same
+# tables backwards: a module of an entry's type must have the entry's constants.
+ACTIVATION_MODULES = {name: a.torch for name, a in ACTIVATIONS.items()}
+LINK_MODULES = {name: k.torch for name, k in LINKS.items()}
 
 
 def module_plan(model, output="logits"):
@@ -161,8 +149,10 @@ def _match(m, where, table, nn, what):
     return None
 
 
-# The loss that each head implies when from_torch is given none.
-HEAD_LOSSES = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+# The loss that each head implies when from_torch is given none: the one loss of its link.
+HEAD_LOSSES = {link: names[0] for link, names in
+               ((k, [n for n, loss in LOSSES.items() if loss.link == k]) for k in LINKS)
+               if len(names) == 1}
 
 def _supported(nn):
     """The modules from_torch reads, for error messages (from the tables)."""
@@ -239,8 +229,9 @@ def _as_numpy(t, torch):
     return t.numpy()
 
 
-def from_torch(module, loss=None, dtype=None, **kwargs):
-    """A :class:`fastbp.MLP` with the layers and weights of a ``torch.nn.Sequential``.
+def read_torch(module, loss=None, dtype=None, **kwargs):
+    """The :class:`fastbp.files.ModelFile` of a ``torch.nn.Sequential``: the config and
+    weights of :func:`fastbp.from_torch`'s model.
 
     Parameters
     ----------
@@ -265,8 +256,8 @@ def from_torch(module, loss=None, dtype=None, **kwargs):
 
     Returns
     -------
-    fastbp.MLP
-        Its W is ``weight.T`` and its b ``bias``, bit for bit (converted when ``dtype``
+    fastbp.files.ModelFile
+        Its W are ``weight.T`` and its b ``bias``, bit for bit (converted when ``dtype``
         differs from the weights').
 
     Raises
@@ -297,7 +288,7 @@ def from_torch(module, loss=None, dtype=None, **kwargs):
     dtype = _dtype_for(dtype, layers, torch)
 
     weights, frozen = [], []
-    for l, (where, lin, _) in enumerate(layers):
+    for l, (_, lin, _) in enumerate(layers):
         weights.append(_as_numpy(lin.weight, torch).T)
         weights.append(_as_numpy(lin.bias, torch) if lin.bias is not None
                        else np.zeros(lin.out_features))
@@ -306,15 +297,11 @@ def from_torch(module, loss=None, dtype=None, **kwargs):
             frozen.append(l)
     acts = [a for a, _ in hidden]
     rates = [r for _, r in hidden]
-    from ..model import MLP
     sizes = [layers[0][1].in_features] + [lin.out_features for _, lin, _ in layers]
-    net = MLP(sizes, activation=acts[0] if acts and len(set(acts)) == 1 else acts,
-              loss=loss, dtype=dtype, dropout=rates[0] if len(set(rates)) == 1 else rates,
-              **kwargs)
-    net.set_weights(weights)
-    if frozen:
-        net.freeze(frozen)
-    return net
+    config = dict(kwargs, sizes=sizes, loss=loss, dtype=dtype,
+                  activation=acts[0] if acts and len(set(acts)) == 1 else acts,
+                  dropout=rates[0] if len(set(rates)) == 1 else rates)
+    return ModelFile(config, weights, [l not in frozen for l in range(len(layers))])
 
 
 def _loss_for(loss, link):

@@ -1,68 +1,32 @@
-"""Backend choice and the CPU engine: the glue between the model and ``kernels.cpu``.
+"""The CPU engine: the glue between a network record and ``kernels.cpu``.
 
-An engine trains chunks of mini-batches in single compiled calls. The CUDA engine
-(``kernels.cuda.CudaEngine``) implements the same methods with device-resident buffers.
+It trains chunks of mini-batches in single compiled calls, run by a team of threads
+(``fastbp.threads``) when the batches are large enough to share, and predicts in tiles
+that the threads claim one at a time.
 """
-import logging
 import os
 import statistics
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 # Load SciPy's BLAS (the one numba's np.dot calls) now, so that threadpoolctl sees it when
 # single_threaded_blas() first runs; loaded later, it would keep its own thread count.
 import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
 
-from . import precompile
-from .errors import ConfigError
-from .kernels import cpu
-from .kernels import math as km
-from .kernels.sync import members_joined, sync_words
-from .kernels.tuning import (KEEP_WORKSPACE_BYTES, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
-                             PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
-                             PREDICT_TILE_MIN_ROWS, TEAM_MIN_WORK_PER_THREAD)
-from .threads import POOL, get_num_threads
-from .validation import require_finite
-from .workspace import Workspace
-
-log = logging.getLogger("fastbp")
-DEVICES = ("auto", "cpu", "cuda")
-_auto_logged = False
-
-
-def cuda_available():
-    """True when numba-cuda is installed and sees a GPU (or the simulator is on)."""
-    try:
-        from numba import cuda
-    except Exception:  # numba-cuda missing or broken: the CPU serves
-        return False
-    try:
-        return bool(cuda.is_available())
-    except Exception:
-        return False
-
-
-def resolve_device(device):
-    global _auto_logged
-    if device not in DEVICES:
-        raise ConfigError(f"unknown device {device!r}; choose one of {list(DEVICES)}")
-    if device == "cpu":
-        return "cpu"
-    available = cuda_available()
-    if device == "cuda":
-        if not available:
-            raise ConfigError("device='cuda' but no CUDA GPU is available (install the 'cuda' "
-                              "extra, pip install 'fastbp[cuda]', and check the driver), or "
-                              "use device='cpu'")
-        return "cuda"
-    choice = "cuda" if available else "cpu"
-    if not _auto_logged:
-        log.info("fastbp: device='auto' chose %s", choice)
-        _auto_logged = True
-    return choice
-
+from .. import precompile
+from ..kernels import cpu
+from ..kernels import math as km
+from ..kernels.sync import members_joined, sync_words
+from ..kernels.tuning import (KEEP_WORKSPACE_BYTES, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
+                              PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
+                              PREDICT_TILE_MIN_ROWS, TEAM_MIN_WORK_PER_THREAD)
+from ..threads import POOL, get_num_threads
+from ..validation import require_finite
+from ..workspace import Workspace
+from .base import Engine, FitSession
 
 _blas_controller = None
 
@@ -131,11 +95,13 @@ def predict_tile_rows(layout, dtype, n_layers):
     return max(PREDICT_TILE_MIN_ROWS, PREDICT_TILE_BYTES // per_row)
 
 
-class FitSession:
-    """What one fit keeps between chunks: validated data, buffers, optimizer state."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+@dataclass(eq=False)
+class CPUFitSession(FitSession):
+    """A CPU fit's buffers besides the common session."""
+    ws: Workspace = None
+    hyper: np.ndarray = None       # the optimizer's packed hyper-parameters
+    blocks: np.ndarray = None      # (start, stop) blocks of the optimizer pass
+    block_sq: np.ndarray = None    # their squared norms (clipping)
 
 
 class ThreadPolicy:
@@ -183,19 +149,18 @@ class ThreadPolicy:
         del kept[:-self.KEEP]
 
 
-class CPUEngine:
+class CPUEngine(Engine):
     name = "cpu"
     checks_in_pass = True   # forward(check=True) checks X for NaN/inf inside the pass
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, net):
+        super().__init__(net)
         self._local = threading.local()
         self._policies = {}   # batch size -> ThreadPolicy, kept across fits
         self._kept_ws = None  # (key, Workspace) of the last fit, see _workspace
         self._blas_rule = {}  # batch size -> calls_blas
         self._trainable_plans = {}   # trainable flags' bytes -> _trainable_plan()
         self._syncs = []      # the teams' sync arrays, see _sync_array
-        self.batch_seconds = {}   # batch size -> last measured seconds per batch (training)
 
     def calls_blas(self, batch_size):
         """Whether training at ``batch_size`` can call BLAS: a layer whose weight gradient
@@ -204,7 +169,7 @@ class CPUEngine:
         rows never turn BLAS on)."""
         rule = self._blas_rule.get(batch_size)
         if rule is None:
-            sizes = [int(n) for n in self.model.layout.sizes]
+            sizes = [int(n) for n in self.net.layout.sizes]
             rule = any(cpu.use_blas.py_func(batch_size, n_in, n_out) and
                        not (cpu.gemm_weight_grad.py_func(n_in, n_out) and
                             cpu.gemm_input_delta.py_func(n_in, n_out))
@@ -215,26 +180,26 @@ class CPUEngine:
     # -- training ---------------------------------------------------------------------
     def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
         """Buffers for the fit; ``state`` is the optimizer's flat state, updated in place."""
-        m = self.model
+        m = self.net
         precompile.start(m.dtype)   # a first run: inference compiles on another core
         ws = self._workspace(batch_size)
         # Kernels index the row buffers by batch_size without bounds checks.
         assert batch_size <= X.shape[0] and ws.Z.shape[0] >= batch_size * m.layout.row_width
         trainable, lowest, blocks, block_sq = self._trainable_plan()
-        return FitSession(X=X, Y=Y, row_w=row_w, ws=ws, batch_size=batch_size,
-                          optimizer=optimizer, hyper=optimizer.hyper(), state=state,
-                          trainable=trainable, lowest=lowest, blocks=blocks,
-                          block_sq=block_sq, seed=dropout_seed, step_done=0)
+        return CPUFitSession(X=X, Y=Y, row_w=row_w, batch_size=batch_size,
+                             optimizer=optimizer, state=state, trainable=trainable,
+                             lowest=lowest, seed=dropout_seed, ws=ws,
+                             hyper=optimizer.hyper(), blocks=blocks, block_sq=block_sq)
 
     def _trainable_plan(self):
         """(trainable flags as int64, lowest trainable layer, update blocks, their
         clipping scratch) for the model's current freezing, made once per pattern."""
-        flags = self.model._trainable
+        flags = self.net.trainable
         key = flags.tobytes()
         plan = self._trainable_plans.get(key)
         if plan is None:
             trainable = flags.astype(np.int64)
-            blocks = self.model.layout.update_blocks(trainable)
+            blocks = self.net.layout.update_blocks(trainable)
             plan = (trainable, int(np.flatnonzero(trainable)[0]), blocks,
                     np.zeros(len(blocks)))
             self._trainable_plans[key] = plan
@@ -246,7 +211,7 @@ class CPUEngine:
         kernels overwrite every row before they read it, so old contents do not matter.
         Large ones are not kept, to hold no memory between fits that a wide net would
         notice."""
-        m = self.model
+        m = self.net
         key = (m.layout, batch_size, m.dtype, get_num_threads())
         if self._kept_ws is not None and self._kept_ws[0] == key:
             return self._kept_ws[1]
@@ -259,7 +224,7 @@ class CPUEngine:
 
         Whether a team of threads or one thread trains the chunk is chosen by measured
         time per batch (``ThreadPolicy``); either way the weights come out the same."""
-        m, lay, ws = self.model, self.model.layout, s.ws
+        m, lay, ws = self.net, self.net.layout, s.ws
         policy = self._policies.setdefault(s.batch_size, ThreadPolicy())
         n_batches = -(-(stop - start) // s.batch_size)
         size = team_size(min(s.batch_size, stop - start), n_batches, ws.n_threads,
@@ -268,10 +233,10 @@ class CPUEngine:
         t0 = time.perf_counter()
         done, sync = self._run_team(
             cpu.train_chunk, size if team else 1, size,
-            (s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, 0.0, m._params, lay.sizes,
-             m._acts, lay.poff, lay.coff, s.trainable, s.lowest, m._loss_code, ws.Z, ws.A,
+            (s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, 0.0, m.params, lay.sizes,
+             m.acts, lay.poff, lay.coff, s.trainable, s.lowest, m.loss, ws.Z, ws.A,
              ws.D, ws.grad, ws.tloss, s.optimizer.code, s.state, s.hyper, lrs, step,
-             clip_norm, s.blocks, s.block_sq, out, m._drop, s.seed, ws.no_grads))
+             clip_norm, s.blocks, s.block_sq, out, m.drop, s.seed, ws.no_grads))
         if done >= policy.MIN_BATCHES and size > 1:
             policy.record(team and members_joined(sync) > 1,
                           (time.perf_counter() - t0) / done, team)
@@ -300,7 +265,7 @@ class CPUEngine:
     # -- data-parallel steps (fastbp.distributed): every buffer is in host memory --------
     def grad_buffer(self, s, on_device=False):
         """[gradient | loss, metric, interrupt flag]: the buffer of the per-step Allreduce."""
-        return np.zeros(self.model.n_params + 3, dtype=self.model.dtype)
+        return np.zeros(self.net.n_params + 3, dtype=self.net.dtype)
 
     def batch_grads(self, s, perm, b0, rows, scale, step, G, flag=None):
         """Gradient of one batch (rows perm[b0:b0+rows]) into G[:P], its scaled loss sum
@@ -308,7 +273,7 @@ class CPUEngine:
         set by the caller (1/global rows for a batch split over processes), so summing G
         over processes gives the global batch's mean gradient. A process with no rows for
         this step contributes zeros; only trainable ranges are written."""
-        m, lay, ws = self.model, self.model.layout, s.ws
+        m, lay, ws = self.net, self.net.layout, s.ws
         P = lay.n_params
         for lo, hi in s.blocks:
             G[lo:hi] = 0
@@ -317,7 +282,7 @@ class CPUEngine:
             losses = ws.losses[:1]
             # The chunk numbers its one batch step + 1 (the dropout masks' key): step - 1.
             self._gradient(s.X, s.Y, s.row_w, perm, b0, b0 + rows, rows, scale, s.trainable,
-                           s.lowest, ws, G[:P], losses, m._drop, s.seed, step - 1)
+                           s.lowest, ws, G[:P], losses, m.drop, s.seed, step - 1)
             G[P] = losses[0, 0]
             G[P + 1] = losses[0, 1]
         if flag is not None:
@@ -328,47 +293,20 @@ class CPUEngine:
         """grads += the gradient of ``scale`` times the summed row losses of
         order[start:stop], in blocks of ``block_rows`` (kernels.cpu.train_chunk with
         GRADIENT_ONLY); losses[k] receives block k's [loss, metric sum]."""
-        m, lay = self.model, self.model.layout
+        m, lay = self.net, self.net.layout
         n_blocks = -(-(stop - start) // block_rows)
         size = team_size(min(block_rows, stop - start), n_blocks, ws.n_threads,
                          3 * forward_macs(lay))
         self._run_team(cpu.train_chunk, size, size,
-                       (X, Y, row_w, order, start, stop, block_rows, scale, m._params,
-                        lay.sizes, m._acts, lay.poff, lay.coff, trainable, lowest,
-                        m._loss_code, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
+                       (X, Y, row_w, order, start, stop, block_rows, scale, m.params,
+                        lay.sizes, m.acts, lay.poff, lay.coff, trainable, lowest,
+                        m.loss, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
                         cpu.GRADIENT_ONLY, ws.no_state, ws.no_hyper, ws.no_lrs, step, 0.0,
                         ws.no_blocks, ws.no_hyper, losses, drop, seed, grads))
 
-    def synchronize(self):
-        """Nothing to wait for before MPI reads a buffer: the CPU kernels have returned."""
-
-    def step_scalars(self, G):
-        """[loss, metric, flag] of the (reduced) G."""
-        return G[self.model.n_params:]
-
     def apply_update(self, s, G, lr, step, clip_norm):
-        cpu.apply_update(s.optimizer.code, self.model._params, G, s.state, s.hyper, lr, step,
+        cpu.apply_update(s.optimizer.code, self.net.params, G, s.state, s.hyper, lr, step,
                          clip_norm, s.blocks, s.block_sq)
-
-    def param_buffer(self, s, on_device=False):
-        """The parameters to sum across ranks (local SGD)."""
-        return self.model._params
-
-    def set_param_mean(self, s, params, n_ranks):
-        """``params`` holds the sum over ``n_ranks`` ranks: make it their mean."""
-        params /= n_ranks
-
-    def end_fit(self, s):
-        """Parameters and state live in host memory already; nothing to copy back."""
-
-    def sync_params(self, s):
-        """Make model._params current (the CUDA engine copies them from the device)."""
-
-    def snapshot(self, s):
-        return self.model._params.copy()
-
-    def restore(self, s, snapshot):
-        self.model._params[:] = snapshot
 
     # -- inference and gradients ------------------------------------------------------
     def forward(self, X, n_layers, pre_activation, out, check=False):
@@ -376,7 +314,7 @@ class CPUEngine:
         products go through kernels.gemm), so no thread limit is set: that alone cost
         ~20 us a call. ``check``: X is checked for NaN/inf tile by tile while the pass
         reads it, and DataError raised after."""
-        m, lay = self.model, self.model.layout
+        m, lay = self.net, self.net.layout
         precompile.wait(m.dtype)
         n = X.shape[0]
         rows = min(predict_block_rows(lay, m.dtype), n)
@@ -391,7 +329,7 @@ class CPUEngine:
         work = np.zeros(2, dtype=np.int64)   # [next tile, tiles done]
         bad = np.zeros(1, dtype=np.int64)
         POOL.run(cpu.forward_tiles, size,
-                 (X, m._params, lay.sizes, m._acts, lay.poff, lay.coff, m._loss_code,
+                 (X, m.params, lay.sizes, m.acts, lay.poff, lay.coff, m.loss,
                   n_layers, rows, Z, A, out, pre_activation, tile, work, check, bad))
         if bad[0]:
             require_finite(X, "X")
@@ -402,17 +340,17 @@ class CPUEngine:
         often, on small inputs too; zeroing fresh buffers each time cost more than the
         forward pass on narrow networks). One set per Python thread: the kernels release
         the GIL, so threads may predict concurrently."""
-        need = rows * self.model.layout.row_width
+        need = rows * self.net.layout.row_width
         scratch = getattr(self._local, "scratch", None)
         if scratch is None or scratch[0].shape[0] < need:
-            dtype = self.model.dtype
+            dtype = self.net.dtype
             scratch = (np.empty(need, dtype=dtype), np.empty(need, dtype=dtype))
             self._local.scratch = scratch
         return scratch[0][:need], scratch[1][:need]
 
     def loss_and_grads(self, X, Y, row_w):
         """Mean loss over all rows of X and its gradient (every layer); no update."""
-        m, lay = self.model, self.model.layout
+        m, lay = self.net, self.net.layout
         n = X.shape[0]
         block = min(predict_block_rows(lay, m.dtype), n)
         ws = Workspace(lay, block, m.dtype)
@@ -420,17 +358,10 @@ class CPUEngine:
         every = np.ones(lay.n_layers, dtype=np.int64)
         order = np.arange(n, dtype=np.int64)
         losses = np.zeros((-(-n // block), 2))
-        scale = km.loss_scale(m._loss_code, n, int(lay.sizes[-1]))
+        scale = km.loss_scale(m.loss, n, int(lay.sizes[-1]))
         self._gradient(X, Y, row_w, order, 0, n, block, scale, every, 0, ws, grads, losses,
                        ws.no_drop(lay), 0, 0)
         return float(losses[:, 0].sum()), grads
-
-
-def make_engine(model, device):
-    if device == "cuda":
-        from .kernels.cuda import CudaEngine
-        return CudaEngine(model)
-    return CPUEngine(model)
 
 
 def blas_info():
