@@ -4,13 +4,13 @@ from .callbacks import Callback, History
 from .errors import (ConfigError, DataError, DataTypeError, MissingDependencyError,
                      ModelFileError, TrainingDivergedError)
 from .model import MLP, from_torch, load
-from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop
+from .optimizers import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from .plotting import plot_history
 from .threads import get_num_threads, set_num_threads
 from .version import __version__
 from .warmup import warmup
 
-__all__ = ["MLP", "load", "from_torch", "SGD", "Adam", "AdamW", "RMSprop",
+__all__ = ["MLP", "load", "from_torch", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
            "Optimizer", "History", "Callback", "warmup", "get_num_threads",
            "set_num_threads", "plot_history", "callbacks", "schedules",
            "ConfigError", "DataError", "DataTypeError", "MissingDependencyError",

@@ -180,6 +180,35 @@ class RMSprop(Optimizer):
                     weight_decay=self.weight_decay)
 
 
+class Adagrad(Optimizer):
+    """``torch.optim.Adagrad``.
+
+    g <- g + weight_decay * p ;  s <- s + g^2  (s starts at initial_accumulator_value)
+    p <- p - lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)
+    """
+
+    code = km.ADAGRAD
+    name = "adagrad"
+
+    def __init__(self, lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                 eps=1e-10):
+        super().__init__(lr)
+        self.lr_decay = _non_negative("lr_decay", lr_decay)
+        self.weight_decay = _non_negative("weight_decay", weight_decay)
+        self.initial_accumulator_value = _non_negative("initial_accumulator_value",
+                                                       initial_accumulator_value)
+        self.eps = _positive("eps", eps)
+
+    def init_state(self, n_params, dtype):
+        state = super().init_state(n_params, dtype)
+        state[:] = self.initial_accumulator_value
+        return state
+
+    def get_config(self):
+        return dict(lr=self.lr, lr_decay=self.lr_decay, weight_decay=self.weight_decay,
+                    initial_accumulator_value=self.initial_accumulator_value, eps=self.eps)
+
+
 def get_optimizer(optimizer, lr=None):
     """An optimizer object from a name or an object; ``lr`` overrides its learning rate."""
     if isinstance(optimizer, str):

@@ -9,6 +9,7 @@ registers them with their named hyper-parameters and state slots.)
 Adding an activation: its code and formulas in kernels/math.py, its entry here. Adding a
 loss: the same, with a link from LINKS (or a new one).
 """
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +58,15 @@ class Loss:
     aliases: tuple = field(default_factory=tuple)   # scikit-learn's names
 
 
+@functools.lru_cache(maxsize=None)
+def _torch_exp_module(nn):
+    """torch.nn has no exp module; the exp link's, one class per torch."""
+    class Exp(nn.Module):
+        def forward(self, x):
+            return x.exp()
+    return Exp
+
+
 def _softmax(z):
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -75,6 +85,7 @@ ACTIVATIONS = {a.name: a for a in [
     Activation("gelu", km.GELU, "he", lambda nn: nn.GELU(approximate="none"), "gelu"),
     Activation("sigmoid", km.SIGMOID, "glorot", lambda nn: nn.Sigmoid(), ("Sigmoid", "x")),
     Activation("tanh", km.TANH, "glorot", lambda nn: nn.Tanh(), ("Tanh", "x")),
+    Activation("silu", km.SILU, "he", lambda nn: nn.SiLU(), ("Mul", "x", ("Sigmoid", "x"))),
 ]}
 
 LINKS = {k.name: k for k in [
@@ -82,6 +93,7 @@ LINKS = {k.name: k for k in [
          "probabilities"),
     Link("sigmoid", _sigmoid, lambda nn: nn.Sigmoid(), ("Sigmoid", "x"), "probabilities"),
     Link("identity", lambda z: z, None, None, "predictions"),
+    Link("exp", np.exp, lambda nn: _torch_exp_module(nn)(), ("Exp", "x"), "predictions"),
 ]}
 
 LOSSES = {loss.name: loss for loss in [
@@ -92,6 +104,7 @@ LOSSES = {loss.name: loss for loss in [
     Loss("mse", km.MSE, "identity", False, "real", "r2", ("squared_error",)),
     Loss("mae", km.MAE, "identity", False, "real", "r2", ("absolute_error",)),
     Loss("huber", km.HUBER, "identity", False, "real", "r2"),
+    Loss("poisson", km.POISSON, "exp", False, "nonnegative", "r2"),
 ]}
 
 CLASSIFICATION_LOSSES = tuple(name for name, loss in LOSSES.items() if loss.classifies)

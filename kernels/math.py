@@ -15,6 +15,7 @@ ELU = 3
 GELU = 4
 SIGMOID = 5
 TANH = 6
+SILU = 7
 
 ACTIVATIONS = {
     "identity": IDENTITY,
@@ -24,6 +25,7 @@ ACTIVATIONS = {
     "gelu": GELU,
     "sigmoid": SIGMOID,
     "tanh": TANH,
+    "silu": SILU,
 }
 
 # Losses; each fixes its output activation so the output delta is (a - y) up to a scale.
@@ -32,6 +34,7 @@ BINARY_CROSS_ENTROPY = 1   # sigmoid output, loss computed from logits
 MSE = 2                    # identity output
 MAE = 3
 HUBER = 4
+POISSON = 5                # exp output (log link), loss exp(z) - y z
 
 LOSSES = {
     "cross_entropy": CROSS_ENTROPY,
@@ -39,6 +42,7 @@ LOSSES = {
     "mse": MSE,
     "mae": MAE,
     "huber": HUBER,
+    "poisson": POISSON,
 }
 
 # PyTorch's defaults.
@@ -71,6 +75,8 @@ def activate(code, z):
         return sigmoid(z)
     if code == TANH:
         return math.tanh(z)
+    if code == SILU:
+        return z * sigmoid(z)
     if code == IDENTITY:
         return z
     return math.nan       # an unknown code: NaN, caught as divergence, never another f
@@ -93,6 +99,9 @@ def activate_grad(code, z, a):
         return a * (1.0 - a)
     if code == TANH:
         return 1.0 - a * a
+    if code == SILU:
+        s = sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
     if code == IDENTITY:
         return 1.0
     return math.nan
@@ -107,6 +116,8 @@ def pointwise_loss(code, z, y):
     """Elementwise loss of the regression losses and BCE (softmax CE is row-wise)."""
     if code == BINARY_CROSS_ENTROPY:
         return bce_with_logits(z, y)
+    if code == POISSON:
+        return math.exp(z) - y * z       # torch's PoissonNLLLoss(log_input=True)
     d = z - y
     if code == MSE:
         return d * d
@@ -124,6 +135,8 @@ def pointwise_loss_grad(code, z, y):
     """d loss / d z of ``pointwise_loss`` (before the 1/count of the mean)."""
     if code == BINARY_CROSS_ENTROPY:
         return sigmoid(z) - y
+    if code == POISSON:
+        return math.exp(z) - y
     d = z - y
     if code == MSE:
         return 2.0 * d
@@ -155,6 +168,8 @@ def output_activate(code, z):
     """Output activation of the pointwise losses (softmax is handled row-wise)."""
     if code == BINARY_CROSS_ENTROPY:
         return sigmoid(z)
+    if code == POISSON:
+        return math.exp(z)
     if code == MSE or code == MAE or code == HUBER:
         return z
     return math.nan
@@ -199,16 +214,19 @@ def dropout_keep(seed, step, layer, row, col, rate):
 SGD = 0
 ADAM = 1
 RMSPROP = 2
+ADAGRAD = 3
 
 OPTIMIZER_HYPER = {
     SGD: ("momentum", "nesterov", "weight_decay"),
     ADAM: ("beta1", "beta2", "eps", "weight_decay", "decoupled"),
     RMSPROP: ("alpha", "eps", "momentum", "weight_decay"),
+    ADAGRAD: ("lr_decay", "weight_decay", "eps", "initial_accumulator_value"),
 }
 OPTIMIZER_STATE = {
     SGD: ("momentum_buffer",),
     ADAM: ("exp_avg", "exp_avg_sq"),
     RMSPROP: ("square_avg", "momentum_buffer"),
+    ADAGRAD: ("sum",),
 }
 N_COEFFS = 10
 
@@ -229,6 +247,9 @@ RMSPROP_ALPHA = _hyper_index(RMSPROP, "alpha")
 RMSPROP_EPS = _hyper_index(RMSPROP, "eps")
 RMSPROP_MOMENTUM = _hyper_index(RMSPROP, "momentum")
 RMSPROP_WEIGHT_DECAY = _hyper_index(RMSPROP, "weight_decay")
+ADAGRAD_LR_DECAY = _hyper_index(ADAGRAD, "lr_decay")
+ADAGRAD_WEIGHT_DECAY = _hyper_index(ADAGRAD, "weight_decay")
+ADAGRAD_EPS = _hyper_index(ADAGRAD, "eps")
 
 
 def sgd_step(p, g, buf, lr, momentum, nesterov, weight_decay):
@@ -278,6 +299,15 @@ def rmsprop_step(p, g, sq, buf, lr, alpha, one_minus_alpha, eps, momentum, weigh
     return p - lr * g / avg, sq, buf
 
 
+def adagrad_step(p, g, total, clr, eps, weight_decay):
+    """torch.optim.Adagrad: g += wd*p; sum += g^2; p -= clr * g / (sqrt(sum) + eps), with
+    clr = lr / (1 + (t - 1) * lr_decay)."""
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    total = total + g * g
+    return p - (clr * g) / (math.sqrt(total) + eps), total
+
+
 def adam_constants(lr, beta1, beta2, weight_decay, decoupled, step):
     """(step_size, inv_bias2_sqrt, l2, decay) of Adam/AdamW at optimizer step ``step``."""
     step_size = lr / (1.0 - beta1 ** step)
@@ -296,6 +326,8 @@ def optimizer_slots(code, hyper):
         return 2
     if code == RMSPROP:
         return 2 if hyper[RMSPROP_MOMENTUM] > 0 else 1
+    if code == ADAGRAD:
+        return 1
     return 0
 
 
@@ -315,6 +347,9 @@ def optimizer_coefficients(code, hyper, lr, step):
     if code == RMSPROP:
         return (lr, hyper[RMSPROP_ALPHA], 1.0 - hyper[RMSPROP_ALPHA], hyper[RMSPROP_EPS],
                 hyper[RMSPROP_MOMENTUM], hyper[RMSPROP_WEIGHT_DECAY], z, z, z, z)
+    if code == ADAGRAD:
+        clr = lr / (1.0 + (step - 1) * hyper[ADAGRAD_LR_DECAY])
+        return (clr, hyper[ADAGRAD_EPS], hyper[ADAGRAD_WEIGHT_DECAY], z, z, z, z, z, z, z)
     n = math.nan
     return (n, n, n, n, n, n, n, n, n, n)
 
@@ -329,6 +364,9 @@ def optimizer_step(code, p, g, s0, s1, k0, k1, k2, k3, k4, k5, k6, k7, k8, k9):
         return adam_step(p, g, s0, s1, k0, k1, k2, k3, k4, k5, k6, k7, k8)
     if code == RMSPROP:
         return rmsprop_step(p, g, s0, s1, k0, k1, k2, k3, k4, k5)
+    if code == ADAGRAD:
+        p, s0 = adagrad_step(p, g, s0, k0, k1, k2)
+        return p, s0, s1
     nan = (p - p) / (p - p)     # NaN of p's type: an unknown code diverges, loudly
     return nan, s0, s1
 
@@ -348,6 +386,11 @@ def row_metric(Z, r, Y, s, n, loss):
                 ybest = j
         return 1.0 if zbest == ybest else 0.0
     acc = 0.0
+    if loss == POISSON:          # residuals of the outputs exp(z), not of the logits
+        for j in range(n):
+            d = math.exp(Z[r, j]) - Y[s, j]
+            acc += d * d
+        return acc
     for j in range(n):
         if loss == BINARY_CROSS_ENTROPY:
             if (Z[r, j] >= 0) == (Y[s, j] >= 0.5):
@@ -386,7 +429,7 @@ def output_rows(Z, z0, A, a0, count, n, loss):
 
 _FUNCTIONS = ("hash32", "dropout_keep", "sigmoid", "activate", "activate_grad",
               "bce_with_logits", "pointwise_loss", "pointwise_loss_grad", "loss_scale",
-              "output_activate", "sgd_step", "adam_step", "rmsprop_step",
+              "output_activate", "sgd_step", "adam_step", "rmsprop_step", "adagrad_step",
               "adam_constants", "optimizer_slots", "optimizer_coefficients", "optimizer_step",
               "row_metric", "output_rows")
 

@@ -15,7 +15,7 @@ from fastbp.engines.cuda import CudaEngine
 from fastbp.kernels import cuda as kc
 from fastbp.kernels import math as km
 from targets import targets_for
-from fastbp.optimizers import SGD, Adam, AdamW, RMSprop
+from fastbp.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 
 SIM = bool(config.ENABLE_CUDASIM)
 # Simulated, the dropout hash runs on NumPy int64 scalars: its wrap-around is intended.
@@ -100,6 +100,7 @@ GRAD_CASES = [
     ("sigmoid", "huber", [4, 5, 3]),
     ("leaky_relu", "cross_entropy", [4, 3, 6, 3]),
     ("identity", "binary_cross_entropy", [4, 1]),
+    ("silu", "poisson", [4, 5, 3]),
 ]
 
 
@@ -124,6 +125,7 @@ OPTIMIZERS = [
     AdamW(lr=0.01, weight_decay=0.1),
     RMSprop(lr=0.01),
     RMSprop(lr=0.01, momentum=0.5, weight_decay=1e-3),
+    Adagrad(lr=0.05, lr_decay=0.01, weight_decay=1e-3, initial_accumulator_value=0.1),
 ]
 
 
@@ -321,7 +323,8 @@ def test_device_allreduce_buffer_matches_host_staging():
 # GRAD_CASES with dropout on the hidden layers and frozen layers: a frozen bottom layer
 # (the backward pass stops above it) and a frozen middle one (deltas pass through it).
 FUSED_GRAD_CASES = [case + extra for case, extra in zip(GRAD_CASES, [
-    (0.3, []), (0.0, [0]), (0.5, []), (0.0, []), (0.2, []), (0.3, [1]), (0.0, [])])]
+    (0.3, []), (0.0, [0]), (0.5, []), (0.0, []), (0.2, []), (0.3, [1]), (0.0, []),
+    (0.2, [])])]
 
 
 @pytest.mark.parametrize("path", ["launches"], indirect=True)

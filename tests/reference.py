@@ -36,6 +36,8 @@ def act_forward(name, z):
         return expit(z)
     if name == "tanh":
         return np.tanh(z)
+    if name == "silu":
+        return z * expit(z)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -58,6 +60,9 @@ def act_derivative(name, z):
         return s * (1.0 - s)
     if name == "tanh":
         return 1.0 - np.tanh(z) ** 2
+    if name == "silu":
+        s = expit(z)
+        return s + z * s * (1.0 - s)
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -90,6 +95,9 @@ def loss_value(loss, z, Y):
         # -[y log s(z) + (1-y) log(1-s(z))] = softplus(z) - y z, softplus written stably.
         softplus = np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
         return float((softplus - Y * z).mean())
+    if loss == "poisson":
+        # torch's PoissonNLLLoss(log_input=True): exp(z) - y z, z the log of the rate.
+        return float((np.exp(z) - Y * z).mean())
     d = z - Y
     if loss == "mse":
         return float((d * d).mean())
@@ -110,6 +118,8 @@ def loss_gradient(loss, z, Y):
         return (softmax(z) * Y.sum(axis=1, keepdims=True) - Y) / n
     if loss == "binary_cross_entropy":
         return (expit(z) - Y) / (n * k)
+    if loss == "poisson":
+        return (np.exp(z) - Y) / (n * k)
     d = z - Y
     if loss == "mse":
         return 2.0 * d / (n * k)
@@ -125,6 +135,8 @@ def output_activation(loss, z):
         return softmax(z)
     if loss == "binary_cross_entropy":
         return expit(z)
+    if loss == "poisson":
+        return np.exp(z)
     return z.copy()
 
 
