@@ -247,11 +247,27 @@ def test_thread_policy_times_both_and_keeps_the_faster():
     assert p.choose() is False                  # then one thread, once
     p.record(False, 1.0, False)
     choices = []
-    for _ in range(2 * ThreadPolicy.PROBE_EVERY):
+    for _ in range(4 * ThreadPolicy.MAX_PERIOD):
         team = p.choose()
         choices.append(team)
         p.record(team, 2.0 if team else 1.0, team)
     assert choices.count(False) > choices.count(True) >= 1   # faster kept, other re-tried
+    # Retries of a choice twice as slow cost at most PROBE_COST of the time.
+    extra = choices.count(True) * (2.0 - 1.0) / len(choices)
+    assert extra <= ThreadPolicy.PROBE_COST
     for _ in range(ThreadPolicy.KEEP):          # the machine changes: one thread slows
         p.record(False, 5.0, False)
     assert p.choose() is True
+
+
+def test_thread_policy_retries_often_when_the_two_are_close():
+    from fastbp.engines.cpu import ThreadPolicy
+    p = ThreadPolicy()
+    p.record(True, 1.0, True)
+    p.record(False, 1.01, False)
+    choices = []
+    for _ in range(10 * ThreadPolicy.MIN_PERIOD):
+        team = p.choose()
+        choices.append(team)
+        p.record(team, 1.0 if team else 1.01, team)
+    assert choices.count(False) >= 5            # a 1% gap: retried every few chunks

@@ -4,6 +4,7 @@ It trains chunks of mini-batches in single compiled calls, run by a team of thre
 (``fastbp.threads``) when the batches are large enough to share, and predicts in tiles
 that the threads claim one at a time.
 """
+import math
 import os
 import statistics
 import threading
@@ -112,10 +113,14 @@ class ThreadPolicy:
     machine and its load at the time, not only on the shape (measured on one 2-core
     virtual machine: the same narrow net's team ran 0.85x to 2x the time of one thread
     from one minute to the next). So both are timed: the team first, then one thread,
-    then whichever was faster over its last few chunks, trying the other again every
-    PROBE_EVERY chunks."""
+    then whichever was faster over its last few chunks, trying the other again now and
+    then. A retry costs the gap between the two for one chunk, so retries are spaced to
+    cost at most PROBE_COST of the throughput: often when the two are close (cheap, and
+    the choice may flip), rarely when one is far ahead."""
 
-    PROBE_EVERY = 8
+    PROBE_COST = 0.02   # the share of time retries of the slower choice may cost
+    MIN_PERIOD = 4      # chunks between retries, at least
+    MAX_PERIOD = 256    # ...and at most, so a change of load is still seen
     KEEP = 3
     MIN_BATCHES = 8   # shorter chunks (a fit's first, which sizes the others) are mostly
                       # fixed costs: not timed
@@ -123,16 +128,24 @@ class ThreadPolicy:
     def __init__(self):
         self.times = {True: [], False: []}
         self.chunks = 0
+        self.since_retry = 0
         self.undecided = True   # no team formed yet: the kernel decides by size alone
+
+    def period(self):
+        """Chunks between retries of the slower choice: gap / PROBE_COST, where gap is how
+        much slower it was, within [MIN_PERIOD, MAX_PERIOD]."""
+        # statistics, not NumPy: np.median of three numbers took 20-50 us with cold caches
+        team, alone = (statistics.median(self.times[t]) for t in (True, False))
+        gap = max(team, alone) / min(team, alone) - 1.0 if min(team, alone) > 0 else 1.0
+        return int(min(self.MAX_PERIOD, max(self.MIN_PERIOD, math.ceil(gap / self.PROBE_COST))))
 
     def choose(self):
         if self.undecided or not self.times[True]:
             return True
         if not self.times[False]:
             return False
-        # statistics, not NumPy: np.median of three numbers took 20-50 us with cold caches
         best = min((True, False), key=lambda team: statistics.median(self.times[team]))
-        if self.chunks % self.PROBE_EVERY == self.PROBE_EVERY - 1:
+        if self.since_retry >= self.period():
             return not best
         return best
 
@@ -144,6 +157,9 @@ class ThreadPolicy:
             return
         self.undecided = False
         self.chunks += 1
+        best = min((True, False), key=lambda t: statistics.median(self.times[t])
+                   if self.times[t] else math.inf)
+        self.since_retry = self.since_retry + 1 if team_ran == best else 0
         kept = self.times[team_ran]
         kept.append(per_batch)
         del kept[:-self.KEEP]
