@@ -123,3 +123,13 @@ def test_no_import_cycles():
 def test_the_cycle_finder_finds_cycles():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists the packages explicitly (kernels/ maps to fastbp.kernels): a new
+    subpackage missing there would be absent from every install."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    packages = {n for n, p in MODULES.items() if p.endswith("__init__.py")}
+    assert packages == listed
