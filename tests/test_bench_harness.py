@@ -34,3 +34,19 @@ def test_onnx_vs_torch_harness_runs(tmp_path):
     for r in report["results"]:
         assert set(r["median_s"]) == {"onnxruntime", "torch", "fastbp"}
         assert max(r["max_abs_diff_vs_fastbp"].values()) < 1e-5
+
+
+def test_compare_wrapper_runs_with_the_numpy_peer(tmp_path):
+    """bench/compare.py is fastbp.benchmark plus the NumPy trainer (timings not checked)."""
+    import json
+
+    import fastbp
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastbp.__file__)))
+    out = tmp_path / "c.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "compare.py"), "--quick", "--shapes",
+         "narrow", "--peers", "fastbp,numpy", "--rows", "200", "--reps", "1", "--json",
+         str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    row = json.loads(out.read_text())["summary"][0]
+    assert row["numpy_train"] > 0 and row["train_ratio_vs_numpy"] > 0
