@@ -9,6 +9,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _env():
+    """The harnesses in bench/ import fastbp: the one these tests import, wherever it is."""
+    import fastbp
+    return dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastbp.__file__)))
+
+
 def test_micro_benchmarks_run():
     pytest.importorskip("pytest_benchmark")
     proc = subprocess.run(
@@ -26,7 +32,7 @@ def test_onnx_vs_torch_harness_runs(tmp_path):
         [sys.executable, os.path.join(ROOT, "bench", "onnx_vs_torch.py"), "--shapes",
          "narrow", "--calls", "16,64", "--rows", "64", "--reps", "1", "--rounds", "1",
          "--gap", "0", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
     report = json.loads(out.read_text())
@@ -39,14 +45,11 @@ def test_onnx_vs_torch_harness_runs(tmp_path):
 def test_compare_wrapper_runs_with_the_numpy_peer(tmp_path):
     """bench/compare.py is fastbp.benchmark plus the NumPy trainer (timings not checked)."""
     import json
-
-    import fastbp
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fastbp.__file__)))
     out = tmp_path / "c.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "compare.py"), "--quick", "--shapes",
          "narrow", "--peers", "fastbp,numpy", "--rows", "200", "--reps", "1", "--json",
-         str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+         str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     row = json.loads(out.read_text())["summary"][0]
     assert row["numpy_train"] > 0 and row["train_ratio_vs_numpy"] > 0
