@@ -53,3 +53,26 @@ def test_compare_wrapper_runs_with_the_numpy_peer(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     row = json.loads(out.read_text())["summary"][0]
     assert row["numpy_train"] > 0 and row["train_ratio_vs_numpy"] > 0
+
+
+def test_fma_peak_kernel_counts_its_flops():
+    """kernels.peak does CHAINS vector FMAs per step (2 FLOP per lane each) and its chains
+    stay finite, in both dtypes."""
+    import numpy as np
+
+    from fastbp.kernels.peak import CHAINS, fma_chains
+    from fastbp.kernels.simd import VEC_BYTES
+    for dtype in (np.float32, np.float64):
+        x = np.ones(CHAINS * 64, dtype=dtype)
+        lanes = VEC_BYTES // x.itemsize
+        assert fma_chains(x, 1000) == 2 * CHAINS * lanes * 1000
+        assert np.isfinite(x).all() and abs(float(x[0]) - 1.0) < 1e-3
+
+
+def test_peak_roof_uses_the_cores_when_the_all_thread_run_reads_low():
+    from fastbp.benchmark import peak_roof
+    busy = {"float32": {"1": [100.0, 98.0], "2": [110.0, 105.0]}}
+    quiet = {"float32": {"1": [100.0], "2": [205.0]}}
+    assert peak_roof(busy, cores=2) == 200.0
+    assert peak_roof(busy, quiet, cores=2) == 205.0
+    assert peak_roof(busy, cores=1) == 110.0
