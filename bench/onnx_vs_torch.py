@@ -12,11 +12,10 @@ inputs. fastbp's own ``predict_proba``/``predict`` is timed alongside for refere
 
 Method:
 * Same threads: ``torch.set_num_threads(T)``, the session's ``intra_op_num_threads = T``
-  and ``numba.set_num_threads(T)`` for fastbp (T = all cores unless --threads), one inter-op
+  and ``fastbp.set_num_threads(T)`` (T = all cores unless --threads), one inter-op
   thread. Each library keeps its own way of waiting for work: ONNX Runtime's workers spin
-  (its default; ``--ort-no-spin`` turns that off), torch's OpenMP pool and fastbp's wait
-  passively (``OMP_WAIT_POLICY=PASSIVE``, set by ``import fastbp``, which runs before torch
-  is imported, as in compare.py).
+  (its default; ``--ort-no-spin`` turns that off), torch's OpenMP pool follows
+  ``OMP_WAIT_POLICY`` (unset: OpenMP's default), fastbp's own threads wait passively.
 * Each configuration predicts ``--rows`` rows per repetition in calls of ``c`` rows (c in
   --calls): c = 1 is a service answering one request at a time, the largest c one batch.
 * Peers run in blocks, round-robin: per round, each peer in turn gets a pause of ``--gap``
@@ -73,8 +72,7 @@ def build_peers(sizes, loss, dtype, threads, X, y, spin=True):
 
     torch.set_num_threads(threads)
     module = net.to_torch().eval()
-    import numba
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))   # fastbp's too
+    fastbp.set_num_threads(threads)   # fastbp's own team, the same count
 
     def run_ort(x):
         return sess.run([out_name], {"input": x})[0]
@@ -99,7 +97,7 @@ def timed_pass(fn, batches):
 
 
 def run(args):
-    import fastbp  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
+    import fastbp  # noqa: F401
     import onnxruntime as ort
     import torch
     threads = args.threads or os.cpu_count()

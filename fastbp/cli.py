@@ -10,13 +10,11 @@ DATA is .csv (header row), .npy (2-D; columns named 0, 1, ...), .npz (arrays X a
 errors: 2).
 """
 import argparse
-import importlib.util
 import json
 import math
 import os
 import sys
 import time
-from pathlib import Path
 
 
 def cmd_demo(args):
@@ -378,31 +376,9 @@ def cmd_export(args):
 
 
 # --------------------------------------------------------------------------- bench
-def find_bench_script():
-    """bench/compare.py of a source checkout: under the current directory, else beside the
-    package's source tree (an editable install). None when neither has it."""
-    import fastbp
-    candidates = [Path.cwd() / "bench" / "compare.py",
-                  Path(fastbp.__file__).resolve().parent.parent / "bench" / "compare.py"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    return None
-
-
 def cmd_bench(argv):
-    script = find_bench_script()
-    if script is None:
-        print("fastbp bench: the comparison harness (bench/compare.py) is part of the source "
-              "repository, not of the installed package. From a checkout of fastbp run\n"
-              "    fastbp bench [--quick] [--shapes narrow,mnist,wide] [--json out.json]\n"
-              "in the repository root, or: python bench/compare.py --help", file=sys.stderr)
-        return 1
-    sys.path.insert(0, str(script.parent))   # compare.py imports its neighbours
-    spec = importlib.util.spec_from_file_location("fastbp_bench_compare", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return int(module.main(argv) or 0)
+    from .benchmark import main as bench_main
+    return int(bench_main(argv) or 0)
 
 
 # -------------------------------------------------------------------------- parser
@@ -526,8 +502,8 @@ def build_parser():
                     "predict_proba/predict; logits: the last layer before it (.onnx, .pt)")
     ex.set_defaults(func=cmd_export)
 
-    sub.add_parser("bench", help="side-by-side throughput vs PyTorch/scikit-learn/NumPy "
-                   "(runs bench/compare.py of a source checkout; options are passed on)",
+    sub.add_parser("bench", help="the machine's FMA peak, then training and inference throughput "
+                   "against every installed peer (PyTorch, scikit-learn); --help for options",
                    add_help=False)
 
     d = sub.add_parser("demo", help="train a digit classifier on scikit-learn's 8x8 digits")

@@ -43,8 +43,8 @@ def deferred_interrupt():
     handler is installed (a caller's own handler is left alone).
     """
     flag = InterruptFlag()
-    # _signal, not signal: the latter converts every handler to and from an enum, which
-    # took 60-80 us of each fit with cold caches.
+    # _signal, not signal: the latter converts every handler to and from an enum, a
+    # visible cost in a narrow net's fit.
     if threading.current_thread() is not threading.main_thread() or \
             _signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield flag
@@ -123,8 +123,8 @@ class LocalChunks(Strategy):
 
     Chunks are sized by the time per batch the engine last measured at this batch size,
     in this fit or an earlier one: a fit that began with a one-batch chunk to measure it
-    paid about 0.3 ms for that (a call and a pass of this loop, with cold caches), 4% of a
-    narrow net's epoch."""
+    paid a call and a pass of this loop for that, a visible part of a narrow net's
+    epoch."""
 
     def run_epoch(self, model, plan, session, perm, callbacks, progress, step_schedule):
         opt, n, bs = plan.optimizer, plan.X.shape[0], plan.batch_size

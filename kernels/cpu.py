@@ -38,7 +38,7 @@ from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
 # Every kernel compiles with error_model="numpy" (kernels.jit.BASE_OPTIONS): a float
 # division by zero gives inf/nan (caught by the divergence checks) instead of raising.
 # Python's model puts a branch on every division, which stops LLVM from vectorising loops
-# such as the Adam update (measured 12x slower).
+# such as the Adam update (bench/results/code-notes.md).
 # Reassociation lets LLVM vectorise the dot-product reductions; NaN/inf semantics are kept
 # (no 'nnan'/'ninf') so that divergence is still detected.
 FAST = {"reassoc", "contract"}
@@ -96,7 +96,7 @@ def use_blas(rows, n_in, n_out):
 @kernel
 def gemm_forward(n_in, n_out):
     """Which products go through the register-blocked kernels of kernels.gemm instead of
-    BLAS (measured: see tuning.py). Not regression heads: a handful of outputs would waste
+    BLAS (see tuning.py). Not regression heads: a handful of outputs would waste
     most of each vector."""
     return n_out > BLAS_MAX_HAND_OUTPUTS
 
@@ -310,8 +310,7 @@ def hidden_activate(Z, A, act, rate, seed, step, layer, r0):
 @kernel
 def exp_inplace(A, lo, hi):
     """A[lo:hi] = e^A[lo:hi] (A flat), a vector at a time: numba's math.exp is one scalar
-    libm call per element (3.4 ns each, measured), more than the rest of a narrow
-    classifier's forward pass."""
+    libm call per element, more than the rest of a narrow classifier's forward pass."""
     V = lanes(A)
     i = lo
     while i + V <= hi:
@@ -390,8 +389,8 @@ def loss_and_output_delta(Z, A, Y, row_w, rows_idx, lo, loss, scale, D, out):
     Row i of the slice holds sample ``rows_idx[lo + i]``; ``scale`` is 1/rows for
     cross-entropy (mean over rows) and 1/(rows*n_out) for the elementwise losses.
     ``out[0]`` receives the scaled loss sum, ``out[1]`` the summed row metric.
-    Indexed in 2-D: four row views per row cost 26x the arithmetic of a one-output
-    regression head (1.76 vs 0.07 us for 32 rows).
+    Indexed in 2-D: four row views per row cost many times the arithmetic of a one-output
+    regression head.
     """
     rows, n = Z.shape
     total = 0.0
@@ -466,8 +465,7 @@ def gather_rows(X, rows_idx, lo, hi, A0):
 def prefetch_rows(X, Y, row_w, rows_idx, lo, hi):
     """Ask for the cache lines of rows rows_idx[lo:hi] of X and Y and their weights: a
     shuffled batch's rows come from all over X, and the next batch's, fetched while this
-    one trains, are in cache when it gathers them (measured on the narrow net: 32 rows of
-    32 took 0.87 us to gather from L3, most of it waiting)."""
+    one trains, are in cache when it gathers them (gathering from L3 is mostly waiting)."""
     n = X.shape[1]
     n_out = Y.shape[1]
     step = max(1, 64 // X.itemsize)
@@ -516,7 +514,7 @@ def update_range(opt, params, grad, gscale, state, hyper, lr, consts, lo, hi):
     ``consts``: the step's ``step_constants``. Every constant is cast to the parameters'
     dtype first, so a float32 model updates in float32 (as torch does), and the arrays are
     sliced to [lo, hi) so the loops index from 0: both are needed for LLVM to vectorise
-    them (10x measured). State slots are touched only when the optimizer uses them: the
+    them. State slots are touched only when the optimizer uses them: the
     gradient stands in for the others (kernels.math.optimizer_step returns them unread).
     """
     T = params.dtype.type
@@ -796,7 +794,7 @@ def chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop, ba
                         trainable, lowest, t, nt)
         else:
             # Alone, the weight gradients came with the deltas and one pass steps every
-            # block (on the narrow net 5% faster than update_part's order, layer by layer).
+            # block (on the narrow net faster than update_part's order, layer by layer).
             if nt > 1:
                 waited += barrier(sync, u, roster, PHASES * b + 2)
             update_share(opt, params, grad, clip_norm, state, hyper, lrs[k], step + k + 1,
@@ -911,8 +909,7 @@ def even_tile(rows, tile):
     """Rows per tile for ``rows`` rows in tiles of at most ``tile``: as many tiles as that
     needs, of even size, in whole row blocks of the gemm micro-kernel where that fits. A
     short last tile costs a whole pass over every weight matrix (packed again for a few
-    rows): 512 rows in tiles of 170 left 2, and a 2048-wide net predicted at 309 GFLOP/s
-    where 4 tiles of 128 ran at 358 (two cores)."""
+    rows)."""
     tile = max(1, tile)
     if rows <= tile:
         return max(1, rows)

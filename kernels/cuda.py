@@ -51,12 +51,11 @@ FLAT_MAX_BLOCKS = 1024  # grid-stride cap of the flat-vector kernels
 BLOCK_ROWS = 65536      # rows per block of inference and of loss_and_grads
 
 # The fully fused path (kernels.cuda_fused) and its size rule, ``fused_tile_rows``.
-# Measured on an H100 (bench/gpu_compare.py, bench/results/README.md): the fused path beat
-# the layer path 5.5x on [64, 64, 64, 64, 1] at batch 16384, and matched it (within noise,
-# 0.95-1.13x) on [784, 256, 128, 10] at batch 256, where both are launch- and
-# reduction-bound; tile rows between 16 and 36 changed nothing measurable on the narrow
-# net. The width and batch thresholds below are those two points, not a sweep
-# (``gpu_compare.py --sweep`` is the sweep to run). FUSED_THREADS and FUSED_ROW_BLOCK are
+# The fused path beat the layer path on a narrow net at a large batch and matched it on an
+# MNIST-shaped net at a small one, where both are launch- and reduction-bound; the width
+# and batch thresholds below are those two points, not a sweep (bench/results/
+# code-notes.md has the runs; ``bench/gpu_compare.py --sweep`` is the sweep to run).
+# FUSED_THREADS and FUSED_ROW_BLOCK are
 # compiled into the kernels (set them before kernels.cuda_fused is imported); the others
 # are read at each fit.
 FUSED_MAX_WIDTH = 128       # every width, input and output included, at most this...
@@ -72,7 +71,7 @@ FUSED_PARTIAL_BYTES = 256 * 2 ** 20  # device memory for the gradient partials, 
 FUSED_PATH = "auto"         # "auto": the size rule; "fused" or "layers" force a path
 FUSED_PERSISTENT = True     # one cooperative kernel per chunk; False: 3 launches per batch
 FUSED_INFER_TILE_ROWS = 128  # rows per tile of fused inference, at most
-FUSED_INFER_BLOCKS = 1056   # blocks of fused inference, at most (8 per SM on an H100)
+FUSED_INFER_BLOCKS = 1056   # blocks of fused inference, at most (8 per SM of 132 SMs)
 INFER_BLOCK_BYTES = 256 * 2 ** 20  # input rows uploaded at once by fused inference
 
 if config.ENABLE_CUDASIM:

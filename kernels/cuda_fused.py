@@ -61,8 +61,8 @@ def _reduce_grad(partials, used, grads, i):
     """grads[i] = the sum of the first ``used`` blocks' partials.
 
     RED_LANES interleaved sums keep that many loads in flight: one serial chain per
-    parameter was latency-bound (on an H100, 12,352 parameters x 456 partial rows took
-    ~0.7 ms a batch, against 0.41 ms for the whole forward/backward kernel). The lanes are
+    parameter was latency-bound, slower than the whole forward/backward kernel
+    (bench/results/code-notes.md). The lanes are
     added in a fixed order, so the result is deterministic."""
     acc = cuda.local.array(RED_LANES, partials.dtype)
     lanes = min(RED_LANES, used)
@@ -113,8 +113,8 @@ def _build(ft):
     # The tile helpers address the block's shared memory S as one flat array: base offset
     # + row * width + column. Reshaped 2-D views called a run-time helper and made every
     # access generic (not ld.shared), and numba wraps negative signed indices with a
-    # compare and select per access: hence unsigned indices. The inner loops went from
-    # about 45 integer instructions per 16 FMAs to 15 (PTX for sm_90).
+    # compare and select per access: hence unsigned indices, which cut the integer
+    # instructions per FMA of the inner loops to a third (bench/results/code-notes.md).
 
     @cuda.jit(device=True)
     def tile_forward(S, ain, n_in, params, off, n_out, z, T):

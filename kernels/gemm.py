@@ -14,15 +14,14 @@ The micro-kernel keeps an 8-row x 2-vector block of C in registers while it runs
 (16 FMAs per 2 vector loads and 8 broadcasts), where AVX-512's 32 registers hold its 16
 accumulators; 4 rows otherwise, and for the rows left over. Two FMA pipes of 4 cycles'
 latency need 8 independent accumulators just to stay busy, so the 4-row kernel stalled
-on every step: the 8-row one ran the products 1.3-3x faster. Columns past the last full
+on every step, and the 8-row one runs the same products faster. Columns past the last full
 vector use masked loads and stores, so any width works. K is cut into blocks of KC; the B
 panel the micro-kernel sweeps (KC x 2 vectors) is read in place when its rows are close,
 and copied into a stack buffer first when they are far apart (or transposed), so that it
 stays in L1 while every row block of A passes. A transposed A (the weight gradient's,
 whose 4 values per step sit a layer width apart from the next step's) is packed block by
-block too. Measured on one Zen 5 core, float32: 128x784x256 at about 200 GFLOP/s against
-about 100 through OpenBLAS, whose AVX2 kernels (it runs its Haswell code on Zen 5) and
-per-call overhead lose at every size measured; kernels.tuning has the numbers.
+block too. The figures against OpenBLAS, per product and size, are in
+bench/results/code-notes.md ("kernels/gemm.py" and "kernels/tuning.py").
 """
 from numba import carray
 
@@ -41,9 +40,7 @@ A_BLOCK_BYTES = 64 * 2 ** 10
 # A B panel is copied into contiguous scratch when its rows are at least PACK_MIN_LD
 # elements apart (rows far apart fall into the same few L1 sets and evict each other) and
 # there are enough rows of A to reuse it; a transposed A when its steps are PACK_A_MIN_LD
-# apart, and then B too. Measured (float32, GFLOP/s): forward 64x784x256 153 unpacked vs
-# 137 packed, 256x1024x1024 147 vs 76 unpacked; weight gradient 64x784x256 148 with both
-# packed vs 117 with neither.
+# apart, and then B too (bench/results/code-notes.md has the packed and unpacked runs).
 PACK_MIN_LD = 512
 PACK_A_MIN_LD = 128
 PACK_MIN_ROWS = 8
@@ -240,9 +237,8 @@ def _pack(B, ldb, transb, P, j0, n, k0, k1):
         o = (k - k0) * 2 * V
         vstore(P, o, vload_part(B, k * ldb + j0, n0))
         vstore(P, o + V, vload_part(B, k * ldb + j0 + V, n1))
-        # The next panel's lines of this row: rows a layer width apart (2-8 KiB for wide
-        # layers) were not fetched ahead by the hardware (one core, 64x2048x2048 forward:
-        # 93-115 -> 136-141 GFLOP/s with this).
+        # The next panel's lines of this row: rows a layer width apart (kilobytes for wide
+        # layers) are not fetched ahead by the hardware (bench/results/code-notes.md).
         prefetch(B, k * ldb + j0 + 2 * V)
         prefetch(B, k * ldb + j0 + 3 * V)
 

@@ -4,8 +4,8 @@ Numba compiles every ``@njit`` function it meets as a library of its own: it opt
 with everything it calls linked in, emits machine code for it, then links the optimised
 code into each caller and optimises and emits it again there. A callee five calls deep
 went through LLVM six times, so compile time grew with the depth of the call tree
-(bench/results/README.md, "Compile time", has the profile: 74 s for the first fit and
-predict of a small net on a 2-core Zen 3). Two decorators split the roles instead:
+(bench/results/README.md, "Compile time", has the profile). Two decorators split the
+roles instead:
 
 ``kernel``
     Compiled code only ever called from other compiled code. Numba types and lowers it

@@ -406,7 +406,7 @@ def row_metric(Z, r, Y, s, n, loss):
 def output_rows(Z, z0, A, a0, count, n, loss):
     """Rows a0.. of A = the output activation of rows z0.. of logits Z (``count`` rows):
     softmax (cross-entropy), sigmoid (BCE) or identity. The CPU passes a whole block (a
-    call per row cost 33 ns, 30x the work of a one-output row); a GPU thread, its row."""
+    call per row costs many times the work of a one-output row); a GPU thread, its row."""
     for q in range(count):
         r = z0 + q
         ra = a0 + q

@@ -1,7 +1,8 @@
 """The epoch's row order: a Fisher-Yates shuffle driven by SplitMix64.
 
-Measured for 20,000 rows: NumPy's ``Generator.permutation`` 190 us (a fifth of a narrow
-net's per-epoch overhead outside the compiled chunks), this loop 37 us. The model's seeded
+Several times faster than NumPy's ``Generator.permutation``, whose cost was a fair share
+of a narrow net's per-epoch overhead outside the compiled chunks
+(bench/results/code-notes.md). The model's seeded
 generator draws the seed, so a fit stays reproducible from the model's ``seed``.
 """
 import numpy as np

@@ -3,8 +3,8 @@
 LLVM does not register-block the GEMM loops Numba hands it: every accumulator goes back to
 memory on each step of the reduction, because it cannot prove that the output and input
 arrays do not alias. With a value type for one machine vector, the accumulators of a
-micro-kernel are plain SSA values that live in registers (measured: 32x64 @ 64x64 in float32
-at up to ~190 GFLOP/s on one Zen 5 core, against ~60 through BLAS). A vector is VEC_BYTES
+micro-kernel are plain SSA values that live in registers (several times BLAS's speed on
+narrow layers: bench/results/code-notes.md). A vector is VEC_BYTES
 wide: one AVX-512 register where the CPU has them, else 32 bytes (one AVX2 register: the
 micro-kernel's 8 accumulators of 64 bytes would not fit in AVX2's 16 registers).
 

@@ -34,12 +34,13 @@ _blas_controller = None
 
 @contextmanager
 def single_threaded_blas(needed=True):
-    """Numba threads call BLAS from each thread: one BLAS thread each avoids oversubscription.
+    """fastbp's threads may call BLAS each (AVX2 only): one BLAS thread each avoids
+    oversubscription.
 
     The controller (a scan of the loaded libraries) is made once: rescanning on every call
     cost more than predicting a few thousand rows. ``needed=False`` (no BLAS call can
-    happen) skips the limit: setting and restoring it took 0.15-0.25 ms of each fit with
-    cold caches.
+    happen) skips the limit, whose setting and restoring was a visible part of a narrow
+    net's fit.
     """
     global _blas_controller
     if not needed:
@@ -110,13 +111,13 @@ class ThreadPolicy:
 
     A team pays for moving each step's parameters and rows between cores, and waits for a
     member whose core is busy elsewhere; whether that beats one thread depends on the
-    machine and its load at the time, not only on the shape (measured on one 2-core
-    virtual machine: the same narrow net's team ran 0.85x to 2x the time of one thread
-    from one minute to the next). So both are timed: the team first, then one thread,
-    then whichever was faster over its last few chunks, trying the other again now and
-    then. A retry costs the gap between the two for one chunk, so retries are spaced to
-    cost at most PROBE_COST of the throughput: often when the two are close (cheap, and
-    the choice may flip), rarely when one is far ahead."""
+    machine and its load at the time, not only on the shape (on a shared 2-core virtual
+    machine the same net's team went from faster to slower than one thread from one
+    minute to the next: bench/results/code-notes.md). So both are timed: the team first,
+    then one thread, then whichever was faster over its last few chunks, trying the other
+    again now and then. A retry costs the gap between the two for one chunk, so retries
+    are spaced to cost at most PROBE_COST of the throughput: often when the two are close
+    (cheap, and the choice may flip), rarely when one is far ahead."""
 
     PROBE_COST = 0.02   # the share of time retries of the slower choice may cost
     MIN_PERIOD = 4      # chunks between retries, at least
@@ -134,7 +135,7 @@ class ThreadPolicy:
     def period(self):
         """Chunks between retries of the slower choice: gap / PROBE_COST, where gap is how
         much slower it was, within [MIN_PERIOD, MAX_PERIOD]."""
-        # statistics, not NumPy: np.median of three numbers took 20-50 us with cold caches
+        # statistics, not NumPy: np.median of three numbers costs more with cold caches
         team, alone = (statistics.median(self.times[t]) for t in (True, False))
         gap = max(team, alone) / min(team, alone) - 1.0 if min(team, alone) > 0 else 1.0
         return int(min(self.MAX_PERIOD, max(self.MIN_PERIOD, math.ceil(gap / self.PROBE_COST))))
@@ -223,10 +224,9 @@ class CPUEngine(Engine):
 
     def _workspace(self, batch_size):
         """The fit's buffers: the last fit's when they match and are small. Making them
-        took 30-120 us of each fit, a tenth of the fixed cost of a narrow net's epoch; the
-        kernels overwrite every row before they read it, so old contents do not matter.
-        Large ones are not kept, to hold no memory between fits that a wide net would
-        notice."""
+        was a fair part of the fixed cost of a narrow net's epoch; the kernels overwrite
+        every row before they read it, so old contents do not matter. Large ones are not
+        kept, to hold no memory between fits that a wide net would notice."""
         m = self.net
         key = (m.layout, batch_size, m.dtype, get_num_threads())
         if self._kept_ws is not None and self._kept_ws[0] == key:
@@ -328,8 +328,8 @@ class CPUEngine(Engine):
     def forward(self, X, n_layers, pre_activation, out, check=False):
         """``out`` = the first ``n_layers`` layers on X. No BLAS call happens here (the
         products go through kernels.gemm), so no thread limit is set: that alone cost
-        ~20 us a call. ``check``: X is checked for NaN/inf tile by tile while the pass
-        reads it, and DataError raised after."""
+        more than a small prediction. ``check``: X is checked for NaN/inf tile by tile
+        while the pass reads it, and DataError raised after."""
         m, lay = self.net, self.net.layout
         precompile.wait(m.dtype)
         n = X.shape[0]
