@@ -11,8 +11,6 @@ from fastbp import cli
 from fastbp.errors import DataError
 from fastbp.sklearn import MLPRegressor
 
-torch.set_default_dtype(torch.float64)
-
 
 def _torch_net(net):
     """The model's Sequential, float64, logits out (no head)."""

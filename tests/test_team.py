@@ -126,11 +126,18 @@ def _problem(n=4000, bs=32):
 def test_a_team_of_two_gives_the_weights_of_one_thread():
     net, X, Y, perm, bs = _problem()
     done1, p1, s1, l1, _ = _chunk(1, net, X, Y, perm, bs)
-    done2, p2, s2, l2, sync = _chunk(2, net, X, Y, perm, bs)
-    assert done1 == done2 == X.shape[0] // bs
-    assert members_joined(sync) == 2
-    assert np.array_equal(p1, p2) and np.array_equal(s1, s2)
-    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    joined = []
+    # On a loaded machine the second thread may not run before the chunk is over; each try
+    # must give the same weights, and some try must have formed the team.
+    for _ in range(5):
+        done2, p2, s2, l2, sync = _chunk(2, net, X, Y, perm, bs)
+        assert done1 == done2 == X.shape[0] // bs
+        assert np.array_equal(p1, p2) and np.array_equal(s1, s2)
+        np.testing.assert_allclose(l1, l2, rtol=1e-5)
+        joined.append(members_joined(sync))
+        if joined[-1] == 2:
+            break
+    assert 2 in joined, joined
 
 
 def test_a_member_that_starts_late_still_joins():
