@@ -550,3 +550,45 @@ def test_every_code_has_its_branch_on_the_device():
     for row, codes in enumerate((acts, losses, opts)):
         assert np.isfinite(out[row, :len(codes) - 1]).all(), (row, out[row])
         assert np.isnan(out[row, len(codes) - 1]), (row, out[row])
+
+
+def test_inference_keeps_parameters_on_the_device_and_follows_every_change():
+    """predict uploads the parameters once and again only after they change, whoever
+    changed them: set_weights, a fit, reset, or a write into the flat vector."""
+    X, y = _data("cross_entropy", 3)
+    a, b = _pair([N_IN, 5, 3], dtype="float64")
+    eng = b._engine
+    uploads = []
+    original = CudaEngine._params_on_device
+
+    def spy(self):
+        before = self._resident
+        res = original(self)
+        if self._resident is not before:
+            uploads.append(1)
+        return res
+
+    CudaEngine._params_on_device = spy
+    try:
+        def same():
+            np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-12)
+
+        same()
+        same()
+        assert len(uploads) == 1
+        w = a.get_weights()
+        w[0] = w[0] * 0.5
+        a.set_weights(w)
+        b.set_weights(w)
+        same()
+        assert len(uploads) == 2
+        for m in (a, b):
+            m.fit(X, y, epochs=1, batch_size=BATCH, shuffle=False)
+        np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-8)
+        for m in (a, b):
+            m._params[0] += 0.25
+        np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-8)
+        assert len(uploads) == 4
+        assert eng is b._engine
+    finally:
+        CudaEngine._params_on_device = original

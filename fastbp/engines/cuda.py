@@ -25,6 +25,11 @@ from ..kernels.cuda_fused import fused_reduce
 from .base import Engine, FitSession
 
 
+# Inference keeps its output buffer on the device between calls up to this size; a larger
+# one (a call with millions of rows) is freed after its call.
+KEEP_INFER_BYTES = 16 * 2 ** 20
+
+
 def signatures(dtype):
     """{name: (kernel, argument types)} of every kernel as the engine launches it.
 
@@ -158,6 +163,8 @@ class CudaEngine(Engine):
         self._no_stop = cuda.to_device(np.zeros(1, dtype=np.int64))
         self._no_perm = cuda.to_device(np.zeros(1, dtype=np.int64))
         self._active = None
+        self._resident = None   # inference's device copy of the parameters, see _params_on_device
+        self._buffers = {}      # inference's device buffers and tables, by key
 
     # -- the network, batch by batch, queued on the default stream -----------------------
     def _forward_layers(self, d_params, X, perm, gather, b0, rows, bufs, n_layers, drop,
@@ -532,6 +539,25 @@ class CudaEngine(Engine):
     # before calling (``check`` is always False here).
     checks_in_pass = False
 
+    def _params_on_device(self):
+        """The parameters on the device for inference, uploaded again only when the host's
+        differ from the copy last uploaded: comparing on the host costs far less than a
+        transfer, and it sees every writer (set_weights, a fit, a compiled_trainer)."""
+        params = self.net.params
+        s = self._active
+        if s is not None and s.active:
+            return s.params                 # mid-fit (a callback predicts): the live copy
+        if self._resident is None or not np.array_equal(self._resident[0], params):
+            self._resident = (params.copy(), cuda.to_device(params))
+        return self._resident[1]
+
+    def _buffer(self, key, make):
+        """An inference table kept between calls (``make`` builds it once)."""
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = make()
+        return buf
+
     def forward(self, X, n_layers, pre_activation, out, check=False):
         m_ = self.net
         lay = m_.layout
@@ -539,7 +565,7 @@ class CudaEngine(Engine):
         n = X.shape[0]
         if n == 0:
             return out
-        d_params = cuda.to_device(m_.params)
+        d_params = self._params_on_device()
         sizes = lay.sizes[:n_layers + 1]
         tile = fused_forward_rows(sizes, m_.dtype, n)
         if tile:
@@ -572,10 +598,16 @@ class CudaEngine(Engine):
         smem = fused_forward_bytes(sizes, tile, m_.dtype.itemsize)
         per_row = (int(sizes[0]) + int(sizes[-1])) * m_.dtype.itemsize
         block = max(tile, min(n, INFER_BLOCK_BYTES // per_row))
-        d_sizes = cuda.to_device(lay.sizes.astype(np.int64))
-        d_poff = cuda.to_device(lay.poff.astype(np.int64))
-        d_acts = cuda.to_device(np.asarray(m_.acts, dtype=np.int64))
-        d_out = cuda.device_array((min(block, n), int(sizes[-1])), m_.dtype)
+        d_sizes = self._buffer("sizes", lambda: cuda.to_device(lay.sizes.astype(np.int64)))
+        d_poff = self._buffer("poff", lambda: cuda.to_device(lay.poff.astype(np.int64)))
+        d_acts = self._buffer("acts", lambda: cuda.to_device(np.asarray(m_.acts,
+                                                                        dtype=np.int64)))
+        shape = (min(block, n), int(sizes[-1]))
+        d_out = self._buffers.get("out")
+        if d_out is None or d_out.shape[0] < shape[0] or d_out.shape[1] != shape[1]:
+            d_out = cuda.device_array(shape, m_.dtype)
+            if d_out.nbytes <= KEEP_INFER_BYTES:    # a small one is kept for the next call
+                self._buffers["out"] = d_out
         for b0 in range(0, n, block):
             rows = min(block, n - b0)
             d_X = cuda.to_device(np.ascontiguousarray(X[b0:b0 + rows]))
