@@ -403,7 +403,7 @@ class _BaseMLP(BaseEstimator):
                           f"(status={res.status}):\n{res.message}\n\nIncrease the number of "
                           f"iterations to improve the convergence "
                           f"(max_iter={self.max_iter}).\nYou might also want to scale the "
-                          f"data.", ConvergenceWarning, stacklevel=4)
+                          f"data.", ConvergenceWarning, stacklevel=5)
         self.n_iter_ = min(int(res.nit), int(self.max_iter))
         objective(res.x)
         self.loss_ = float(objective.loss)
@@ -431,6 +431,8 @@ class _BaseMLP(BaseEstimator):
         if not incremental or getattr(self, "_learning_rate", None) is None:
             self._learning_rate = float(self.learning_rate_init)
         Xv = yv = wv = None
+        if not early and getattr(self, "best_loss_", None) is None:
+            self.best_loss_ = np.inf        # after a fit with early stopping
         if early:
             if self.validation_scores_ is None:       # warm start after a fit without it
                 self.validation_scores_, self.best_validation_score_ = [], -np.inf
@@ -455,7 +457,7 @@ class _BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It "
-                              "is going to be clipped", stacklevel=4)
+                              "is going to be clipped", stacklevel=5)
             batch = int(np.clip(self.batch_size, 1, n))
         if sample_weight is not None:
             sample_weight = sample_weight * (n / sample_weight.sum())
@@ -474,7 +476,7 @@ class _BaseMLP(BaseEstimator):
                           callbacks=[_EpochEnd(self, run)], warm_start=incremental,
                           **fit_args)
                 if model.history.interrupted:
-                    warnings.warn("Training interrupted by user.", stacklevel=4)
+                    warnings.warn("Training interrupted by user.", stacklevel=5)
             else:
                 self._fit_blocks(X, targets, epochs, opt, run, incremental, fit_args)
         except TrainingDivergedError:
@@ -494,7 +496,7 @@ class _BaseMLP(BaseEstimator):
         if not incremental and not run.stopped and self.n_iter_ == self.max_iter:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
                           f"reached and the optimization hasn't converged yet.",
-                          ConvergenceWarning, stacklevel=4)
+                          ConvergenceWarning, stacklevel=5)
 
     def _fit_blocks(self, X, targets, epochs, opt, run, incremental, fit_args):
         """Epochs over a large sparse X, densified a block of rows at a time."""

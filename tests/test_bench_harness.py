@@ -34,3 +34,21 @@ def test_onnx_vs_torch_harness_runs(tmp_path):
     for r in report["results"]:
         assert set(r["median_s"]) == {"onnxruntime", "torch", "fastbp"}
         assert max(r["max_abs_diff_vs_fastbp"].values()) < 1e-5
+
+
+def test_sklearn_dropin_harness_runs(tmp_path):
+    """bench/sklearn_dropin.py end to end on its --quick configuration (timings not
+    checked), on this tree's fastbp."""
+    out = tmp_path / "r.json"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "sklearn_dropin.py"), "--quick",
+         "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu"] and "noisy" in report["machine"]
+    assert [r["solver"] for r in report["results"]] == ["adam", "sgd", "lbfgs"]
+    for r in report["results"]:
+        assert set(r["fit_seconds"]) == {"fastbp", "sklearn"} and r["speedup"] > 0
+        assert abs(r["accuracy_difference"]) <= 0.1
