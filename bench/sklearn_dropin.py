@@ -1,11 +1,12 @@
 """fastbp.sklearn against sklearn.neural_network: the same estimator call, both libraries.
 
     python bench/sklearn_dropin.py [--rows 20000] [--features 100] [--hidden 256,128]
-                                   [--solvers adam,sgd,lbfgs] [--reps 3] [--json out.json]
-                                   [--quick]
+                                   [--solvers adam,sgd,lbfgs] [--reps 3] [--dtype float64]
+                                   [--json out.json] [--quick]
 
 One process. The data: ``make_classification`` (3 classes, 20 informative features of
-``--features``), standardised, float64, ``--rows`` rows to train on and a quarter as many
+``--features``), standardised, float64 (or ``--dtype float32``: both libraries then keep float32
+weights), ``--rows`` rows to train on and a quarter as many
 held out. For each solver both estimators get the same parameters
 (``hidden_layer_sizes``, ``solver``, ``random_state=0`` and scikit-learn's defaults for
 everything else, so the default iterations: ``max_iter=200`` with the ``tol`` /
@@ -63,6 +64,7 @@ def run(args):
     hidden = tuple(int(h) for h in args.hidden.split(","))
     solvers = args.solvers.split(",")
     X, y, Xt, yt = make_data(args.rows, args.features)
+    X, Xt = X.astype(args.dtype), Xt.astype(args.dtype)
     peers = {"fastbp": fastbp_sklearn.MLPClassifier, "sklearn": skl_nn.MLPClassifier}
     load_before = os.getloadavg()[0]
 
@@ -104,7 +106,7 @@ def run(args):
         benchmark="fastbp.sklearn.MLPClassifier vs sklearn.neural_network.MLPClassifier, fit",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         data=dict(rows=args.rows, features=args.features, classes=3,
-                  test_rows=int(Xt.shape[0]), dtype="float64", hidden_layer_sizes=hidden),
+                  test_rows=int(Xt.shape[0]), dtype=args.dtype, hidden_layer_sizes=hidden),
         reps=args.reps, first_fit_s=first_fit,
         machine=dict(cpu=cpu_model(), cores=cores, load_before=load_before,
                      load_after=load_after,
@@ -134,6 +136,7 @@ def build_parser():
     p.add_argument("--hidden", default="256,128")
     p.add_argument("--solvers", default="adam,sgd,lbfgs")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 400 rows, 10 features, (16,), one repetition")

@@ -9,8 +9,9 @@ estimator. The network is the graph of :meth:`fastbp.MLP.to_onnx`; around it:
   ``output_class_labels`` as for ``sklearn.neural_network.MLPClassifier``). ZipMap holds
   float32 values only, so under it the probabilities are float32 whatever the input (where
   skl2onnx's own MLP converter builds an invalid model for float64 inputs); with
-  ``zipmap=False`` they keep the input's float type. A multilabel model's ``label`` is the
-  0/1 matrix of ``predict``;
+  ``zipmap=False`` they keep the input's float type. A two-class model has scikit-learn's
+  single logistic unit, whose p becomes the columns 1 - p and p; a multilabel model's
+  ``label`` is the 0/1 matrix of ``predict``;
 * the regressor has one output, ``variable`` (n_samples, n_targets);
 * inputs of another dtype than the model's are cast to it, and the float outputs take the
   input's float type, as skl2onnx's own converters do.
