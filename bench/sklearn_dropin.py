@@ -2,7 +2,7 @@
 
     python bench/sklearn_dropin.py [--rows 20000] [--features 100] [--hidden 256,128]
                                    [--solvers adam,sgd,lbfgs] [--reps 3] [--dtype float64]
-                                   [--json out.json] [--quick]
+                                   [--threads N] [--json out.json] [--quick]
 
 One process. The data: ``make_classification`` (3 classes, 20 informative features of
 ``--features``), standardised, float64 (or ``--dtype float32``: both libraries then keep float32
@@ -19,7 +19,10 @@ repetition: both are deterministic for a seed).
 
 fastbp's kernels are compiled (or loaded from the on-disk cache) by a small fit of each
 solver before the timed ones; that first fit's time is reported as ``first_fit_s``. Both
-libraries use every core: fastbp its own thread team, scikit-learn NumPy's BLAS threads.
+libraries use the same threads: every core, or ``--threads N`` (fastbp's thread team through
+``numba.set_num_threads``, scikit-learn's BLAS through threadpoolctl). On a machine shared
+with other work, one thread each is the steadier comparison: BLAS threads that wait for a
+descheduled partner made scikit-learn's epochs vary tenfold from one minute to the next.
 """
 import argparse
 import datetime
@@ -66,6 +69,11 @@ def run(args):
     X, y, Xt, yt = make_data(args.rows, args.features)
     X, Xt = X.astype(args.dtype), Xt.astype(args.dtype)
     peers = {"fastbp": fastbp_sklearn.MLPClassifier, "sklearn": skl_nn.MLPClassifier}
+    threads = args.threads or os.cpu_count() or 1
+    import numba
+    from threadpoolctl import threadpool_limits
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    blas_limit = threadpool_limits(limits=threads, user_api="blas")
     load_before = os.getloadavg()[0]
 
     first_fit = {}
@@ -100,6 +108,7 @@ def run(args):
             info["sklearn"]["test_accuracy"],
             **{p: info[p] for p in peers}))
 
+    blas_limit.restore_original_limits()
     load_after = os.getloadavg()[0]
     cores = os.cpu_count() or 1
     report = dict(
@@ -107,12 +116,14 @@ def run(args):
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         data=dict(rows=args.rows, features=args.features, classes=3,
                   test_rows=int(Xt.shape[0]), dtype=args.dtype, hidden_layer_sizes=hidden),
-        reps=args.reps, first_fit_s=first_fit,
+        reps=args.reps, threads=threads, first_fit_s=first_fit,
         machine=dict(cpu=cpu_model(), cores=cores, load_before=load_before,
                      load_after=load_after,
                      noisy=bool(max(load_before, load_after) > 0.3 * cores)),
         versions=versions(), results=results)
     if report["machine"]["noisy"]:
+        report["machine"]["note"] = ("the machine was shared with other work during the run "
+                                     "(load average above 0.3 per core): timings are noisy")
         print(f"warning: load average {max(load_before, load_after):.2f} on {cores} cores: "
               f"other work shared the machine, timings are noisy", file=sys.stderr)
     print()
@@ -137,6 +148,8 @@ def build_parser():
     p.add_argument("--solvers", default="adam,sgd,lbfgs")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    p.add_argument("--threads", type=int, default=0, help="threads of each library "
+                   "(default: every core)")
     p.add_argument("--json", default=None)
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 400 rows, 10 features, (16,), one repetition")

@@ -431,6 +431,9 @@ class _BaseMLP(BaseEstimator):
         if not incremental or getattr(self, "_learning_rate", None) is None:
             self._learning_rate = float(self.learning_rate_init)
         Xv = yv = wv = None
+        if not hasattr(self, "loss_curve_"):      # warm start after an lbfgs fit
+            self.loss_curve_, self._no_improvement_count = [], 0
+            self.validation_scores_ = self.best_validation_score_ = None
         if not early and getattr(self, "best_loss_", None) is None:
             self.best_loss_ = np.inf        # after a fit with early stopping
         if early:
