@@ -13,8 +13,9 @@ class DataTypeError(TypeError):
     """Input arrays of a dtype fastbp cannot use (object, string, complex)."""
 
 
-class TrainingDivergedError(FloatingPointError):
-    """The loss became NaN or infinite; the model keeps its last finite weights."""
+class TrainingDivergedError(FloatingPointError, ValueError):
+    """The loss became NaN or infinite; the model keeps its last finite weights. Also a
+    ValueError, which is what scikit-learn raises for a fit that diverged."""
 
 
 class ModelFileError(ValueError):

@@ -76,3 +76,20 @@ def test_peak_roof_uses_the_cores_when_the_all_thread_run_reads_low():
     assert peak_roof(busy, cores=2) == 200.0
     assert peak_roof(busy, quiet, cores=2) == 205.0
     assert peak_roof(busy, cores=1) == 110.0
+
+
+def test_sklearn_dropin_harness_runs(tmp_path):
+    """bench/sklearn_dropin.py end to end on its --quick configuration (timings not
+    checked), on this tree's fastbp."""
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "sklearn_dropin.py"), "--quick",
+         "--json", str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu"] and "noisy" in report["machine"]
+    assert [r["solver"] for r in report["results"]] == ["adam", "sgd", "lbfgs"]
+    for r in report["results"]:
+        assert set(r["fit_seconds"]) == {"fastbp", "sklearn"} and r["speedup"] > 0
+        assert abs(r["accuracy_difference"]) <= 0.1

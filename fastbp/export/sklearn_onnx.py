@@ -9,8 +9,9 @@ estimator. The network is the graph of :meth:`fastbp.MLP.to_onnx`; around it:
   ``output_class_labels`` as for ``sklearn.neural_network.MLPClassifier``). ZipMap holds
   float32 values only, so under it the probabilities are float32 whatever the input (where
   skl2onnx's own MLP converter builds an invalid model for float64 inputs); with
-  ``zipmap=False`` they keep the input's float type. A multilabel model's ``label`` is the
-  0/1 matrix of ``predict``;
+  ``zipmap=False`` they keep the input's float type. A two-class model has scikit-learn's
+  single logistic unit, whose p becomes the columns 1 - p and p; a multilabel model's
+  ``label`` is the 0/1 matrix of ``predict``;
 * the regressor has one output, ``variable`` (n_samples, n_targets);
 * inputs of another dtype than the model's are cast to it, and the float outputs take the
   input's float type, as skl2onnx's own converters do.
@@ -203,7 +204,7 @@ def _shape_classifier(operator):
     est = operator.raw_operator
     n = operator.inputs[0].get_first_dimension()
     k = est.model_.sizes[-1]
-    if est.model_.loss == "binary_cross_entropy":
+    if _multilabel(est):
         label = Int64TensorType([n, k])
     else:
         labels = class_labels(operator.scope_inst, est)
@@ -211,7 +212,13 @@ def _shape_classifier(operator):
     operator.outputs[0].set_type(label)
     proba = DoubleTensorType if _proba_dtype(operator.scope_inst, operator) == np.float64 \
         else FloatTensorType
-    operator.outputs[1].set_type(proba([n, k]))
+    operator.outputs[1].set_type(proba([n, max(k, 2)]))
+
+
+def _multilabel(est):
+    """One sigmoid output per label; two classes have one sigmoid unit too, as in
+    scikit-learn, whose probabilities are the columns 1 - p and p."""
+    return est.model_.loss == "binary_cross_entropy" and est._is_multilabel
 
 
 def _proba_dtype(options_source, operator):
@@ -230,9 +237,12 @@ def _convert_classifier(scope, operator, container):
     model = est.model_
     g = _builder(scope, container, model.dtype)
     proba = emit_network(g, model, _model_input(g, operator, model), "auto")
+    if model.sizes[-1] == 1 and not _multilabel(est):
+        negative = g.op("Sub", [g.scalar(1.0), proba], "negative")
+        proba = g.op("Concat", [negative, proba], "binary_proba", axis=1)
     label, probabilities = operator.outputs[0], operator.outputs[1]
     _write_output(g, proba, probabilities, model, _proba_dtype(container, operator))
-    if model.loss == "binary_cross_entropy":
+    if _multilabel(est):
         # predict's rule for each label: probability >= 0.5.
         hit = g.op("GreaterOrEqual", [proba, g.scalar(0.5)], "label_hit")
         g.op("Cast", [hit], "label", out=label.full_name, to=g.onnx.TensorProto.INT64)
