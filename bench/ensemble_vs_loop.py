@@ -214,6 +214,7 @@ def main(argv=None):
                                     10_000 // scale, 128, reps, with_torch=False)
     if "search" in parts:
         out["search"] = bench_search(max(1, reps // 2))
+    out["load_average_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
