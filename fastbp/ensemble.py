@@ -147,7 +147,8 @@ class Ensemble:
         w = np.asarray(sample_weight) if not isinstance(sample_weight, np.ndarray) \
             else sample_weight
         if w.ndim == 1:
-            return np.broadcast_to(check_sample_weight(w, n), (K, n))
+            # Copies, not a broadcast view: the kernels are compiled for writeable arrays.
+            return np.tile(check_sample_weight(w, n), (K, 1))
         if w.ndim != 2 or w.shape != (K, n):
             raise DataError(f"sample_weight must be (n,) = ({n},) for every member or "
                             f"(n_models, n) = ({K}, {n}), got shape {w.shape}")
