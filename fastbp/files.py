@@ -19,6 +19,16 @@ class ModelFile:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class EnsembleFile:
+    """What an ensemble file holds: the ensemble's config, each member's weights in
+    ``get_weights`` order, each member's trainable flags and the caller's ``extra``."""
+    config: dict
+    members: list
+    trainable: list
+    extra: dict = field(default_factory=dict)
+
+
 def atomic_write(path, write):
     """Call ``write(fileobj)`` on a temp file beside ``path``, then rename it into place.
 

@@ -7,6 +7,7 @@ from . import initializers, persistence, registry, training
 from .engines import make_engine, resolve_device
 from .engines.cpu import single_threaded_blas
 from .errors import ConfigError, DataError, DataTypeError, ModelFileError
+from .files import EnsembleFile
 from .kernels.cpu import loss_sum
 from .network import Layout, Network, aligned_zeros
 from .planning import plan_fit
@@ -541,6 +542,10 @@ def _build(record, device=None):
 def from_file(model_file, device=None):
     """The :class:`MLP` of a :class:`fastbp.files.ModelFile`; ``device`` overrides the one
     in its config. ModelFileError when config and weights disagree."""
+    if isinstance(model_file, EnsembleFile):
+        raise ModelFileError(f"the file holds an ensemble of {len(model_file.members)} "
+                             f"models, not one MLP; read it with fastbp.load or "
+                             f"fastbp.Ensemble.load")
     try:
         return _build(model_file, device)
     except (ValueError, TypeError) as e:

@@ -12,11 +12,13 @@ import zlib
 import numpy as np
 
 from .errors import ConfigError, ModelFileError
-from .files import ModelFile, atomic_write, check_extra, check_layer_shapes
+from .files import EnsembleFile, ModelFile, atomic_write, check_extra, check_layer_shapes
 
 
 FORMAT_NAME = "fastbp-mlp"
 FORMAT_VERSION = 1
+ENSEMBLE_FORMAT_NAME = "fastbp-ensemble"
+ENSEMBLE_FORMAT_VERSION = 1
 
 
 def save(model, path, format=None, extra=None):
@@ -33,6 +35,22 @@ def save(model, path, format=None, extra=None):
     arrays = {"header": np.array(json.dumps(header))}
     for i, w in enumerate(model.get_weights()):
         arrays[f"w{i}"] = w
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_ensemble(ensemble, path, extra=None):
+    """Write an ensemble (``get_config()`` and members with ``get_weights()`` and
+    ``trainable``) to ``path`` as one .npz: member k's i-th array is ``m{k}_w{i}``."""
+    extra = check_extra(extra)
+    if save_format(path) != "npz":
+        raise ConfigError("an ensemble saves as .npz only (one file for every member)")
+    header = dict(format=ENSEMBLE_FORMAT_NAME, format_version=ENSEMBLE_FORMAT_VERSION,
+                  config=ensemble.get_config(),
+                  trainable=[m.trainable.tolist() for m in ensemble], extra=extra)
+    arrays = {"header": np.array(json.dumps(header))}
+    for k, member in enumerate(ensemble):
+        for i, w in enumerate(member.get_weights()):
+            arrays[f"m{k}_w{i}"] = w
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -116,6 +134,8 @@ def _read_npz(path):
     except (KeyError, ValueError, TypeError):
         raise ModelFileError(f"{path!r} has no fastbp header; it was not written by "
                              f"fastbp's save") from None
+    if isinstance(header, dict) and header.get("format") == ENSEMBLE_FORMAT_NAME:
+        return _read_ensemble(path, header, files)
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path!r} is not a fastbp model file")
     version = header.get("format_version")
@@ -153,3 +173,40 @@ def _read_npz(path):
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path!r} is inconsistent: {e}") from None
     return ModelFile(dict(cfg), [files[f"w{i}"] for i in range(n)], trainable, extra)
+
+
+def _read_ensemble(path, header, files):
+    version = header.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or \
+            not 1 <= version <= ENSEMBLE_FORMAT_VERSION:
+        raise ModelFileError(f"{path!r} has ensemble format version {version!r}; this fastbp "
+                             f"reads 1 to {ENSEMBLE_FORMAT_VERSION}")
+    cfg = header.get("config")
+    try:
+        if not isinstance(cfg, dict):
+            raise ValueError("no ensemble config in the header")
+        extra = check_extra(header.get("extra"))
+        sizes, k = cfg.get("sizes"), cfg.get("n_models")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"n_models {k!r} is not a positive int")
+        n = 2 * (len(sizes) - 1) if isinstance(sizes, list) else 0
+        members, flags = [], header.get("trainable")
+        if not isinstance(flags, list) or len(flags) != k:
+            raise ValueError(f"trainable flags do not list {k} members")
+        for m in range(k):
+            names = [f"m{m}_w{i}" for i in range(n)]
+            missing = [a for a in names if a not in files]
+            if missing:
+                raise KeyError(f"missing weight arrays {missing}")
+            problem = check_layer_shapes(sizes, [(files[names[i]].shape,
+                                                  files[names[i + 1]].shape)
+                                                 for i in range(0, n, 2)])
+            if problem:
+                raise ValueError(f"member {m}: {problem}")
+            f = np.asarray(flags[m])
+            if f.shape != (n // 2,) or f.dtype != bool:
+                raise ValueError(f"member {m}'s trainable flags do not match {n // 2} layers")
+            members.append([files[a] for a in names])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path!r} is inconsistent: {e}") from None
+    return EnsembleFile(dict(cfg), members, flags, extra)

@@ -75,8 +75,9 @@ from .errors import TrainingDivergedError
 from .model import MLP
 from .optimizers import OPTIMIZERS, Optimizer
 from .registry import ACTIVATIONS, LOSSES, REGRESSION_LOSSES
+from .search import MLPSearchCV
 
-__all__ = ["MLPClassifier", "MLPRegressor", "SPARSE_DENSE_BYTES"]
+__all__ = ["MLPClassifier", "MLPRegressor", "MLPSearchCV", "SPARSE_DENSE_BYTES"]
 
 # fastbp's names, and scikit-learn's where they differ.
 _ACTIVATIONS = dict({name: name for name in ACTIVATIONS}, logistic="sigmoid")

@@ -592,3 +592,21 @@ def test_inference_keeps_parameters_on_the_device_and_follows_every_change():
         assert eng is b._engine
     finally:
         CudaEngine._params_on_device = original
+
+# ------------------------------------------------------------------------- ensembles
+
+def test_ensemble_members_match_cpu():
+    """The CUDA engine trains an ensemble's members in turn, each as its own fit."""
+    X, y = _data("cross_entropy", 3)
+    w = np.ones((2, N_ROWS))
+    w[1, :3] = 0.0
+    kw = dict(n_models=2, activation="tanh", dtype="float32", seed=3)
+    a = fastbp.Ensemble([N_IN, 5, 3], device="cpu", **kw)
+    b = fastbp.Ensemble([N_IN, 5, 3], device="cuda", **kw)
+    fit = dict(epochs=2, batch_size=BATCH, shuffle=True, lr=[1e-2, 3e-2],
+               weight_decay=[0.0, 0.1], sample_weight=w)
+    ha, hb = a.fit(X, y, **fit), b.fit(X, y, **fit)
+    for k in range(2):
+        _assert_weights_close(a[k], b[k], 1e-4, 1e-6)
+    np.testing.assert_allclose(hb.history["loss"], ha.history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-4, atol=1e-6)

@@ -4,6 +4,7 @@ It trains chunks of mini-batches in single compiled calls, run by a team of thre
 (``fastbp.threads``) when the batches are large enough to share, and predicts in tiles
 that the threads claim one at a time.
 """
+import itertools
 import math
 import os
 import statistics
@@ -392,3 +393,56 @@ def blas_info():
 
 def thread_info():
     return dict(threads=get_num_threads(), cpu_count=os.cpu_count())
+
+
+class _MemberJobs:
+    """Chunks of several independent fits (an ensemble's members), claimed one at a time by
+    the threads that run them: a thread whose core is busy elsewhere simply claims fewer."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+        self.claims = itertools.count()
+        self.results = [None] * len(jobs)
+        self.left = len(jobs)
+        self.cond = threading.Condition()
+
+
+def _run_member_jobs(u, n_members, work):
+    sync = np.zeros(1, dtype=np.int64)   # unread: a team of one never meets a barrier
+    while True:
+        i = next(work.claims)             # atomic under the GIL
+        if i >= len(work.jobs):
+            return 0
+        engine, s, perm, start, stop, lrs, step, clip_norm, out = work.jobs[i]
+        m, lay, ws = engine.net, engine.net.layout, s.ws
+        try:
+            result = cpu.train_chunk(
+                0, 1, 1, sync, s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, 0.0,
+                m.params, lay.sizes, m.acts, lay.poff, lay.coff, s.trainable, s.lowest,
+                m.loss, ws.Z, ws.A, ws.D, ws.grad, ws.tloss, s.optimizer.code, s.state,
+                s.hyper, lrs, step, clip_norm, s.blocks, s.block_sq, out, m.drop, s.seed,
+                ws.no_grads)
+        except BaseException as e:   # noqa: BLE001 - handed to the caller, which re-raises
+            result = e
+        with work.cond:
+            work.results[i] = result
+            work.left -= 1
+            if work.left == 0:
+                work.cond.notify_all()
+
+
+def train_members(jobs, n_threads):
+    """Run ``jobs``, each ``(engine, session, perm, start, stop, lrs, step, clip_norm,
+    out)`` as for ``CPUEngine.run_chunk``, every one alone on one thread (no barriers: the
+    fits are independent), up to ``n_threads`` threads at once. A fit alone computes the
+    same numbers as a team (kernels.cpu.chunk_steps), so the weights are those of
+    ``run_chunk``. Returns the steps each job applied."""
+    work = _MemberJobs(jobs)
+    POOL.run(_run_member_jobs, max(1, min(n_threads, len(jobs))), (work,))
+    with work.cond:
+        while work.left:
+            work.cond.wait()
+    for r in work.results:
+        if isinstance(r, BaseException):
+            raise r
+    return work.results
