@@ -16,6 +16,7 @@ the repetitions, and each one's ratio to PyTorch's median.
 
     python bench/cold_start.py                       # 3 repetitions
     python bench/cold_start.py --reps 5 --json bench/results/cold-start-DATE.json
+    python bench/cold_start.py --demo                # and `fastbp demo`, cold and warm
 """
 import argparse
 import json
@@ -110,13 +111,33 @@ def run(code, env):
     raise RuntimeError(f"run failed:\n{res.stdout}\n{res.stderr[-3000:]}")
 
 
+def run_demo(env):
+    """`fastbp demo` (its plot into a temporary folder) as a user runs it: the wall time
+    from the command to its last line, and the test accuracy it prints."""
+    with tempfile.TemporaryDirectory() as where:
+        t = time.perf_counter()
+        res = subprocess.run([sys.executable, "-m", "fastbp.cli", "demo"], env=env, cwd=where,
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - t
+    if res.returncode:
+        raise RuntimeError(f"fastbp demo failed:\n{res.stdout}\n{res.stderr[-3000:]}")
+    acc = next(float(line.split()[2]) for line in res.stdout.splitlines()
+               if line.startswith("test accuracy:"))
+    return wall, acc, float("nan")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--json")
+    p.add_argument("--demo", action="store_true",
+                   help="also time `fastbp demo` from the command to its last line, with "
+                        "an empty cache and with the warm one")
     args = p.parse_args(argv)
     base = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     peers = ["fastbp cold", "fastbp warm"] + [k for k in ("torch", "sklearn") if available(k)]
+    if args.demo:
+        peers += ["demo cold", "demo warm"]
     times = {k: [] for k in peers}
     first = {"fastbp cold": [], "fastbp warm": []}
     acc = {}
@@ -133,6 +154,14 @@ def main(argv=None):
                         shutil.rmtree(cache, ignore_errors=True)
                 elif peer == "fastbp warm":
                     wall, a, f = run(PEERS["fastbp"], dict(base, FASTBP_CACHE_DIR=warm_cache))
+                elif peer.startswith("demo"):
+                    cache = warm_cache if peer == "demo warm" else \
+                        tempfile.mkdtemp(prefix="fastbp-cold-")
+                    try:
+                        wall, a, f = run_demo(dict(base, FASTBP_CACHE_DIR=cache))
+                    finally:
+                        if cache != warm_cache:
+                            shutil.rmtree(cache, ignore_errors=True)
                 else:
                     wall, a, f = run(PEERS[peer], base)
                 times[peer].append(wall)

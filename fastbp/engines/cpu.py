@@ -124,8 +124,11 @@ class ThreadPolicy:
     MIN_PERIOD = 4      # chunks between retries, at least
     MAX_PERIOD = 256    # ...and at most, so a change of load is still seen
     KEEP = 3
-    MIN_BATCHES = 8   # shorter chunks (a fit's first, which sizes the others) are mostly
-                      # fixed costs: not timed
+    # Shorter chunks (a fit's first, which sizes the others) are mostly fixed costs: not
+    # timed, unless their batches are long enough to time on their own (a wide net's chunk
+    # holds few batches; never timing one choice would keep it for good).
+    MIN_BATCHES = 8
+    MIN_SECONDS = 0.02
 
     def __init__(self):
         self.times = {True: [], False: []}
@@ -254,9 +257,9 @@ class CPUEngine(Engine):
              m.acts, lay.poff, lay.coff, s.trainable, s.lowest, m.loss, ws.Z, ws.A,
              ws.D, ws.grad, ws.tloss, s.optimizer.code, s.state, s.hyper, lrs, step,
              clip_norm, s.blocks, s.block_sq, out, m.drop, s.seed, ws.no_grads))
-        if done >= policy.MIN_BATCHES and size > 1:
-            policy.record(team and members_joined(sync) > 1,
-                          (time.perf_counter() - t0) / done, team)
+        elapsed = time.perf_counter() - t0
+        if size > 1 and done and (done >= policy.MIN_BATCHES or elapsed >= policy.MIN_SECONDS):
+            policy.record(team and members_joined(sync) > 1, elapsed / done, team)
         return done
 
     def _run_team(self, fn, n_members, n_slices, args):
