@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from fastbp.benchmark import cpu_model
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -81,17 +83,6 @@ acc = float((net.predict(X) == y).mean())
 print("RESULT", acc, float("nan"))
 """,
 }
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def available(module):

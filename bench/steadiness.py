@@ -14,12 +14,13 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from fastbp.benchmark import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,17 +32,6 @@ SHAPES = {
     "deep": ([256, 512, 512, 256, 1], 512, 20000),
     "wide": ([1024, 1024, 1024, 10], 256, 8192),
 }
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _spin(stop):
@@ -123,7 +113,7 @@ def main(argv=None):
         stop = multiprocessing.Event()
         busy = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
         busy.start()
-    results = {"cpu": _cpu_model(), "cores": os.cpu_count(), "fits": args.fits,
+    results = {"cpu": cpu_model(), "cores": os.cpu_count(), "fits": args.fits,
                "busy_neighbour": args.busy, "date": time.strftime("%Y-%m-%d"),
                "shapes": {}}
     try:
