@@ -148,7 +148,13 @@ def test_results_do_not_depend_on_the_thread_count():
 # ------------------------------------------------------------------ Ctrl-C
 
 SIGINT_SCRIPT = """
+import signal
 import sys
+
+# A process started in the background by a non-interactive shell inherits SIGINT ignored,
+# and Python then installs no handler of its own: restore the usual one.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import numpy as np
 import fastbp
 from fastbp.callbacks import Callback
