@@ -737,7 +737,10 @@ def chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop, ba
     roster = 1
     want = 1
     if u != 0:
-        want = atomic_load(sync, plan_slot(sync) + PLAN_BATCH) + 1
+        published = atomic_load(sync, plan_slot(sync) + PLAN_BATCH)
+        if published >= PLAN_DONE:
+            return -1       # arrived after the end: nothing to join (waiting would spin)
+        want = published + 1
     solo = n_members == 1               # the leader alone, from the start or from a check
     waited = 0
     since = cycles()
