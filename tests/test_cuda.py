@@ -3,10 +3,11 @@ GPU), the kernels compiled for a real GPU target (PTX needs no GPU, only libNVVM
 same checks on a real GPU when there is one."""
 import importlib.util
 import os
-import subprocess
 import sys
 
 import pytest
+
+import early
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -17,19 +18,23 @@ pytestmark = pytest.mark.skipif(
     reason="numba-cuda is not installed (pip install 'fastbp[cuda]'); CUDA backend not tested")
 
 
-def _run_checks(simulate, timeout):
+def _checks(simulate):
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     if simulate:
         # Must be set before numba is imported: hence a fresh interpreter.
         env["NUMBA_ENABLE_CUDASIM"] = "1"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", CHECKS]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, (f"CUDA checks failed (simulator={simulate}):\n"
-                                  f"{proc.stdout[-12000:]}\n{proc.stderr[-4000:]}")
+    return f"cuda_checks simulate={simulate}", cmd, env, ROOT
 
 
+def _run_checks(simulate, timeout):
+    code, out, err = early.result(*_checks(simulate), timeout=timeout)
+    assert code == 0, (f"CUDA checks failed (simulator={simulate}):\n"
+                       f"{out[-12000:]}\n{err[-4000:]}")
+
+
+@early.early(lambda: _checks(True))
 def test_cuda_engine_matches_cpu_under_simulator():
     _run_checks(simulate=True, timeout=900)
 

@@ -37,6 +37,8 @@ from fastbp.kernels import math as km
 from fastbp.sklearn import MLPClassifier, MLPRegressor
 from targets import targets_for
 
+import early
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ACTS = sorted(km.ACTIVATIONS)
@@ -322,13 +324,18 @@ def test_importing_fastbp_imports_no_exporter_library():
 
 @pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
                     reason="numba-cuda is not installed: no CUDA simulator")
-def test_cuda_trained_models_export_under_the_simulator():
+def _export_cuda_checks():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           os.path.join(HERE, "export_cuda_checks.py")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           os.path.join(HERE, "export_cuda_checks.py")]
+    return "export_cuda_checks", cmd, env, ROOT
+
+
+@early.early(_export_cuda_checks)
+def test_cuda_trained_models_export_under_the_simulator():
+    code, out, err = early.result(*_export_cuda_checks(), timeout=900)
+    assert code == 0, out[-8000:] + err[-3000:]
+    assert " passed" in out and "skipped" not in out
 
 
 # ============================================================================ skl2onnx
