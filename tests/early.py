@@ -30,9 +30,12 @@ def result(key, cmd, env, cwd, timeout):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    out.seek(0)
-    err.seek(0)
-    return proc.returncode, out.read(), err.read()
+    texts = []
+    for f in (out, err):
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+    return proc.returncode, texts[0], texts[1]
 
 
 def early(spec):

@@ -39,10 +39,6 @@ def _unflat(flat, like):
     return out
 
 
-def _targets(loss, rng, n, k):
-    return targets_for(loss, rng, n, k)    # class ids with every class present, ...
-
-
 def _target_matrix(loss, y, k):
     return ref.one_hot(y, k) if loss == "cross_entropy" else np.asarray(y, dtype=np.float64)
 
@@ -73,7 +69,7 @@ def make_problem(activation, loss, depth, dtype="float64", seed=0):
             weights[i] = rng.normal(0.0, 0.3, size=weights[i].shape)
         net.set_weights(weights)
         X = rng.normal(size=(N_ROWS, N_IN))
-        y = _targets(loss, rng, N_ROWS, N_OUT)
+        y = targets_for(loss, rng, N_ROWS, N_OUT)
         if _kink_distance(activation, loss, weights, X, _target_matrix(loss, y, N_OUT)) \
                 > KINK_MARGIN:
             return net, X, y
@@ -204,7 +200,7 @@ def test_float32_loss_and_grads_match_reference(loss):
                      device="cpu", seed=5)
     rng = np.random.default_rng(5)
     X = rng.normal(size=(10, 4)).astype(np.float32)
-    y = _targets(loss, rng, 10, 3)
+    y = targets_for(loss, rng, 10, 3)
     value, grads = net.loss_and_grads(X, y)
     assert all(g.dtype == np.float32 for g in grads)
     Y = _target_matrix(loss, y, 3).astype(np.float32)

@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 from ..errors import ModelFileError
-from ..files import ModelFile, atomic_write, check_layer_shapes
+from ..files import ModelFile, atomic_write, check_extra, check_layer_shapes
 from .common import require
 
 FORMAT_NAME = "fastbp-mlp"
@@ -62,12 +62,7 @@ def save(model, path, metadata=None):
             PREFIX + "trainable": json.dumps(model.trainable.tolist()),
             PREFIX + "layout": "torch.nn.Sequential state_dict: <i>.weight (n_out, n_in), "
                                "<i>.bias (n_out,)"}
-    for k, v in (metadata or {}).items():
-        if not isinstance(k, str) or not isinstance(v, str) or k in meta or \
-                k.startswith(PREFIX):
-            raise ValueError(f"metadata entries must be new str keys (not 'fastbp.*') with "
-                             f"str values, got {k!r}: {v!r}")
-        meta[k] = v
+    meta.update(check_extra(metadata))     # fastbp's own keys and "format" are refused
     data = st.numpy.save(tensors, metadata=meta)
     atomic_write(path, lambda f: f.write(data))
 
