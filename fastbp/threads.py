@@ -3,10 +3,10 @@
 A compiled entry that splits its work (kernels.cpu.train_chunk, forward_tiles) takes its
 member number ``u`` and the team's size; the calling thread runs member 0 and this pool
 runs the others on threads that wait for work between calls. The kernels release the
-GIL, so the members run at once. The calling thread never waits for a member to start:
-the kernels let a member that starts late join at the next batch or take fewer tiles
-(kernels.sync), and ``run`` returns when member 0 does, while late members may still be
-leaving (``busy_with`` says which shared arrays they still hold).
+GIL, so the members run at once. The calling thread waits for a member to start at most
+a short grace (kernels.sync): the kernels let a member that starts late join at the next
+batch or take fewer tiles, and ``run`` returns when member 0 does, while late members may
+still be leaving (``busy_with`` says which shared arrays they still hold).
 
 Numba's parallel regions would do the same, but a ``prange`` costs a compile of its own
 for every entry that holds one (about half of fastbp's first-fit compile time: see
@@ -56,34 +56,37 @@ def set_num_threads(n):
 
 
 class _Worker:
+    """A thread that runs the tasks handed to it in turn: the one it runs, and at most one
+    more waiting behind it (see Pool._workers_for)."""
+
     def __init__(self):
         self.cond = threading.Condition()
-        self.task = None          # (fn, args) to run next
-        self.holding = ()         # arrays the running task shares with the caller
+        self.tasks = []           # (fn, args, holding): the running task first
         self.thread = threading.Thread(target=self._loop, name="fastbp-worker", daemon=True)
         self.thread.start()
 
     def _loop(self):
         while True:
             with self.cond:
-                while self.task is None:
+                while not self.tasks:
                     self.cond.wait()
-                fn, args = self.task
+                fn, args, _ = self.tasks[0]
             try:
                 fn(*args)
             except BaseException:   # noqa: BLE001 - a member must never take its thread down
                 pass
             with self.cond:
-                self.task = None
-                self.holding = ()
+                self.tasks.pop(0)
 
-    def idle(self):
-        return self.task is None
+    def load(self):
+        return len(self.tasks)
+
+    def holds(self, array):
+        return any(a is array for task in list(self.tasks) for a in task[2])
 
     def submit(self, fn, args, holding):
         with self.cond:
-            self.task = (fn, args)
-            self.holding = holding
+            self.tasks.append((fn, args, holding))
             self.cond.notify()
 
 
@@ -95,19 +98,25 @@ class Pool:
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
-    def _idle_workers(self, n):
-        """Up to n idle workers, started as needed up to get_num_threads() - 1 in all: a
-        member whose worker is still busy (leaving an earlier team) is simply absent, and
-        the kernels do without it."""
+    def _workers_for(self, n):
+        """Up to n workers for a team's members, started as needed up to
+        get_num_threads() - 1 in all: idle ones first, then ones still running one task.
+        A member of the last team is usually still on its way out when the caller starts
+        the next: it needs the GIL to return, which the caller holds until its own member
+        enters compiled code. Queued behind it, the new member starts a few microseconds
+        later instead of missing the team (a leader waits a grace for it, kernels.sync).
+        A member queued behind a long task comes late and leaves at once; the kernels do
+        without it."""
         # After a fork only the forking thread exists in the child: start afresh.
         if os.getpid() != self._pid:
             self._workers, self._pid = [], os.getpid()
-        idle = [w for w in self._workers if w.idle()]
+        idle = [w for w in self._workers if w.load() == 0]
         while len(idle) < n and len(self._workers) < get_num_threads() - 1:
             w = _Worker()
             self._workers.append(w)
             idle.append(w)
-        return idle[:n]
+        busy = [w for w in self._workers if w.load() == 1]
+        return (idle + busy)[:n]
 
     def run(self, fn, n_members, args, shared=()):
         """``fn(u, n_members, *args)`` for u = 0 .. n_members - 1: member 0 here, the
@@ -115,14 +124,16 @@ class Pool:
         members write to coordinate (a sync array), held until each member has left."""
         if n_members > 1:
             with self._lock:
-                helpers = self._idle_workers(n_members - 1)
+                helpers = self._workers_for(n_members - 1)
+                # Members count only the threads that will come (a leader waits for them).
+                n_members = 1 + len(helpers)
                 for u, w in enumerate(helpers, start=1):
                     w.submit(fn, (u, n_members) + tuple(args), tuple(shared))
         return fn(0, n_members, *args)
 
     def busy_with(self, array):
         """Whether a member started by ``run`` may still touch ``array``."""
-        return any(not w.idle() and any(a is array for a in w.holding) for w in self._workers)
+        return any(w.holds(array) for w in self._workers)
 
 
 POOL = Pool()

@@ -28,7 +28,7 @@ from . import math as m
 from .gemm import ASSIGN, ASSIGN_BIAS, ASSIGN_BIAS_RELU, BLOCK_ROWS, gemm
 from .jit import entry, kernel
 from .simd import lanes, prefetch, vexp, vload_part, vstore_part
-from .sync import (PLAN_BATCH, PLAN_DONE, atomic_load, await_batch, barrier, claim, cycles,
+from .sync import (PLAN_BATCH, PLAN_DONE, SPENT, atomic_load, await_batch, barrier, claim, cycles,
                    done_with, fetch_add, lead_batch, lead_finish, plan_slot, popcount,
                    popcount_below, spin_pause)
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
@@ -857,11 +857,17 @@ def train_chunk(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop, ba
     of them, zeroed before the chunk. Stops before updating on a non-finite loss. With
     ``opt`` = GRADIENT_ONLY nothing is updated: each batch's gradient is added to
     ``grads`` (layout of params; zeroed by the caller), and the chunk is a full-data
-    gradient. Returns the number of batches done (the leader; -1 for the others)."""
-    return chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop,
+    gradient. Returns the number of batches done (the leader; -1 for the others). The
+    leader leaves its cycles in the plan's SPENT word (the caller's unit of time for
+    GRACE, kernels.sync)."""
+    c0 = cycles()
+    done = chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop,
                        batch_size, scale, params, sizes, acts, poff, coff, trainable, lowest,
                        loss, Zbuf, Abuf, Dbuf, grad, tloss, opt, state, hyper, lrs, step,
                        clip_norm, blocks, block_sq, losses, drop, seed, grads)
+    if u == 0:
+        sync[plan_slot(sync) + SPENT] = cycles() - c0
+    return done
 
 
 @kernel(fastmath=FAST)

@@ -2,11 +2,12 @@
 
 A team trains a chunk of mini-batches on several threads (fastbp.threads starts them; each
 calls the same compiled entry with its member number). Member 0, the leader, is the
-calling thread and never waits for a member that has not arrived: before each batch it
-publishes the batch's roster, the members already waiting for it, and the batch's work is
-split among them. A member that starts late (its thread woken late, its core busy with
-another process) joins at the next batch, so lateness costs at most the batch it falls in,
-never the chunk. Within a batch the roster meets at spin barriers; the leader waits at the
+calling thread and waits for a member that has not arrived only at the chunk's first
+batch, and then at most a grace of a tenth of a batch: before each batch it publishes the
+batch's roster, the members already waiting for it, and the batch's work is split among
+them. A member that starts later (its thread woken late, its core busy with another
+process) joins at the next batch, so lateness costs at most the batch it falls in, never
+the chunk. Within a batch the roster meets at spin barriers; the leader waits at the
 end of each batch for the roster to finish (the next batch reads the updated weights).
 
 Numba offers no atomics on the CPU; these intrinsics are LLVM's atomic loads, stores and
@@ -131,6 +132,8 @@ PLAN_BATCH = 0       # in the last line: the batch published (1-based), or PLAN_
 PLAN_MASK = 1        # in the last line: the published batch's roster, a bit per member
 RESULT = 2           # in the last line: what the chunk returns
 JOINED = 3           # in the last line: every member that ran at least one batch
+GRACE = 4            # in the last line: cycles the leader may wait for members at batch 1
+SPENT = 5            # in the last line: cycles the leader spent in the chunk
 PLAN_DONE = 1 << 62
 PATIENCE = 1 << 33   # cycles a member waits for a batch before it leaves (seconds)
 MAX_MEMBERS = 62     # members are bits of an int64 mask
@@ -188,18 +191,29 @@ def lead_batch(sync, n_members, batch, roster):
     """The leader opens ``batch`` (1-based): waits until every member of ``roster`` (the
     previous batch's) is done with it, then takes in as the new roster every member
     waiting for this batch (it claims each by turning its arrival word negative, so a
-    member cannot leave once taken in) and publishes it. Returns the new roster."""
+    member cannot leave once taken in) and publishes it. Returns the new roster.
+
+    The chunk's first batch has no roster yet, and the members were woken just before
+    the leader started: it waits up to the plan's GRACE cycles for them (set by the
+    caller, a share of a batch's time). Without it a chunk of one long batch (a wide
+    net's) would always run alone, since a member only ever joins at a later batch."""
     c0 = cycles()
     for v in range(1, n_members):
         if (roster >> v) & 1:
             while atomic_load(sync, v * STRIDE + ARRIVE) < batch:
+                spin_pause()
+    p = plan_slot(sync)
+    if batch == 1:
+        grace = sync[p + GRACE]
+        for v in range(1, n_members):
+            while (atomic_load(sync, v * STRIDE + ARRIVE) != batch
+                   and cycles() - c0 < grace):
                 spin_pause()
     sync[WAITED] += cycles() - c0
     mask = 1
     for v in range(1, n_members):
         if compare_exchange(sync, v * STRIDE + ARRIVE, batch, -batch):
             mask |= 1 << v
-    p = plan_slot(sync)
     atomic_store(sync, p + PLAN_MASK, mask)
     atomic_store(sync, p + PLAN_BATCH, batch)
     sync[p + JOINED] |= mask
@@ -276,6 +290,16 @@ def claim(counter, index):
 def members_joined(sync):
     """How many members ran at least one batch of the last chunk run on ``sync``."""
     return bin(int(sync[len(sync) - STRIDE + JOINED])).count("1")
+
+
+def set_grace(sync, cycles):
+    """Let the leader wait up to ``cycles`` for the members at the chunk's first batch."""
+    sync[len(sync) - STRIDE + GRACE] = int(cycles)
+
+
+def spent_cycles(sync):
+    """Cycles the leader spent in the last chunk run on ``sync``."""
+    return int(sync[len(sync) - STRIDE + SPENT])
 
 
 def waited_cycles(sync, n_members):

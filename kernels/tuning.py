@@ -46,6 +46,9 @@ TEAM_MIN_WORK_PER_THREAD = 100_000
 # Every this many batches the leader checks how long it waited at the barriers: more than
 # half the time, and it lets the members go and trains the rest of the chunk alone.
 TEAM_CHECK_STEPS = 16
+# The leader waits for the members woken with it at most this share of a batch's time at
+# a chunk's first batch: less than the half a batch a second member would save.
+GRACE_SHARE = 0.1
 
 # Elements of the flat parameter vector per block of the optimizer pass (and of the
 # clipping norm's partial sums).

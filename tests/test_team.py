@@ -12,7 +12,8 @@ import pytest
 import fastbp
 from fastbp.engines import cpu as backend
 from fastbp.kernels import cpu
-from fastbp.kernels.sync import STRIDE, members_joined, sync_words
+from fastbp.kernels.sync import (STRIDE, members_joined, set_grace, spent_cycles, sync_words,
+                                 waited_cycles)
 from fastbp.threads import POOL
 from fastbp.workspace import Workspace
 
@@ -81,10 +82,12 @@ def test_a_team_gives_the_weights_of_one_thread_bitwise(case):
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
 
 
-def _chunk(n_members, net, X, Y, perm, bs, late=0.0, busy_helper=False):
+def _chunk(n_members, net, X, Y, perm, bs, late=0.0, busy_helper=False, grace=0,
+           start=True):
     """One chunk of Adam steps on ``n_members`` members (the calling thread and pool
-    threads); ``late``: seconds member 1 sleeps before it starts. Returns (batches done,
-    params, optimizer state, losses, sync)."""
+    threads); ``late``: seconds member 1 sleeps before it starts; ``grace``: cycles the
+    leader may wait for it at the first batch; ``start``: whether the other members start
+    at all. Returns (batches done, params, optimizer state, losses, sync)."""
     lay = net.layout
     ws = Workspace(lay, bs, net.dtype, n_threads=max(2, n_members))
     opt = fastbp.Adam(1e-3)
@@ -96,6 +99,7 @@ def _chunk(n_members, net, X, Y, perm, bs, late=0.0, busy_helper=False):
     nb = (n + bs - 1) // bs
     losses = np.zeros((nb, 2))
     sync = np.zeros(sync_words(n_members), dtype=np.int64)
+    set_grace(sync, grace)
     args = (sync, X, Y, np.ones(n), perm, 0, n, bs, 0.0, params, lay.sizes, net._acts,
             lay.poff, lay.coff, trainable, 0, net._loss_code, ws.Z, ws.A, ws.D, ws.grad,
             ws.tloss, opt.code, state, opt.hyper(), np.full(nb, 1e-3), 0, 0.0, blocks,
@@ -105,7 +109,8 @@ def _chunk(n_members, net, X, Y, perm, bs, late=0.0, busy_helper=False):
         time.sleep(late)
         cpu.train_chunk(u, n_members, 2, *args)
 
-    helpers = [threading.Thread(target=late_member, args=(u,)) for u in range(1, n_members)]
+    helpers = [threading.Thread(target=late_member, args=(u,))
+               for u in range(1, n_members if start else 1)]
     for h in helpers:
         h.start()
     done = cpu.train_chunk(0, n_members, 2, *args)
@@ -153,6 +158,35 @@ def test_a_member_that_starts_late_still_joins():
     assert members_joined(sync) == 2, "the late member never joined"
     assert sync[1 * STRIDE + 1] > 1
     assert time.perf_counter() - t0 < 60
+
+
+def test_a_chunk_of_one_batch_waits_its_grace_for_a_late_member():
+    """A wide net's chunk may hold a single batch, which a member joining at the next
+    batch would never share: the leader waits up to the grace for a member woken with it,
+    so a member 5 ms late still trains half the batch; same weights as one thread."""
+    net, X, Y, perm, bs = _problem(n=2048, bs=2048)
+    done1, p1, s1, _, _ = _chunk(1, net, X, Y, perm, bs)
+    _, _, _, _, sync = _chunk(1, net, X, Y, perm, bs)
+    grace = 1000 * spent_cycles(sync)        # far more than any wake-up takes
+    done2, p2, s2, _, sync = _chunk(2, net, X, Y, perm, bs, late=0.005, grace=grace)
+    assert done1 == done2 == 1
+    assert np.array_equal(p1, p2) and np.array_equal(s1, s2)
+    assert members_joined(sync) == 2, "the member missed the chunk's only batch"
+    # the leader stopped waiting when the member came, long before the grace ran out
+    assert spent_cycles(sync) < grace // 10
+
+
+def test_a_leader_waits_no_longer_than_its_grace():
+    """A member that never starts costs the leader the grace, once, and no more."""
+    net, X, Y, perm, bs = _problem(n=2048, bs=512)
+    _, _, _, _, sync = _chunk(1, net, X, Y, perm, bs)
+    grace = spent_cycles(sync)               # about a chunk's time
+    done, p, s, _, sync = _chunk(2, net, X, Y, perm, bs, grace=grace, start=False)
+    done1, p1, s1, _, _ = _chunk(1, net, X, Y, perm, bs)
+    assert done == done1 == 4 and np.array_equal(p, p1) and np.array_equal(s, s1)
+    assert members_joined(sync) == 1
+    waited = waited_cycles(sync, 2)[0]
+    assert grace <= waited < 2 * grace
 
 
 def test_members_that_arrive_at_random_times_never_hang_or_change_a_weight():
@@ -223,6 +257,7 @@ def test_the_pool_runs_every_member_and_tracks_what_they_hold():
     seen = []
     gate = threading.Event()
     shared = np.zeros(4)
+    counts = []
 
     def member(u, n, out):
         if u:
@@ -230,20 +265,32 @@ def test_the_pool_runs_every_member_and_tracks_what_they_hold():
         out.append(u)
         return u
 
+    def counted(u, n, out):
+        counts.append(n)
+        return member(u, n, out)
+
     before = fastbp.get_num_threads()
     fastbp.set_num_threads(3)
     try:
         assert POOL.run(member, 3, (seen,), shared=(shared,)) == 0
         assert POOL.busy_with(shared)              # members 1 and 2 are still waiting
-        # their workers are busy: a second team gets none (it does without them)
-        other = []
-        assert POOL.run(member, 3, (other,)) == 0 and other == [0]
+        # their workers are busy: a second team's members queue behind them, and hold
+        # what they share from then on
+        other, later = [], np.zeros(4)
+        assert POOL.run(counted, 3, (other,), shared=(later,)) == 0 and other == [0]
+        assert POOL.busy_with(later)
+        # one task waits behind a running one, no more: a third team does without them
+        third = []
+        assert POOL.run(counted, 3, (third,)) == 0 and third == [0]
         gate.set()
         for _ in range(500):
-            if not POOL.busy_with(shared):
+            if not POOL.busy_with(shared) and not POOL.busy_with(later):
                 break
             time.sleep(0.01)
         assert sorted(seen) == [0, 1, 2] and not POOL.busy_with(shared)
+        assert sorted(other) == [0, 1, 2] and not POOL.busy_with(later)
+        # every member was told the size of the team that came: 3, then 1 alone
+        assert counts == [3, 1, 3, 3]
     finally:
         fastbp.set_num_threads(before)
 
@@ -252,33 +299,31 @@ def test_thread_policy_times_both_and_keeps_the_faster():
     from fastbp.engines.cpu import ThreadPolicy
     p = ThreadPolicy()
     assert p.choose() is True                   # nothing measured: the team
-    p.record(False, 1.0, True)                  # the kernel ran it alone by size: no data
-    assert p.choose() is True
-    p.record(True, 2.0, True)                   # the team: 2 s a batch
+    p.record(True, 2.0)                   # the team: 2 s a batch
     assert p.choose() is False                  # then one thread, once
-    p.record(False, 1.0, False)
+    p.record(False, 1.0)
     choices = []
     for _ in range(4 * ThreadPolicy.MAX_PERIOD):
         team = p.choose()
         choices.append(team)
-        p.record(team, 2.0 if team else 1.0, team)
+        p.record(team, 2.0 if team else 1.0)
     assert choices.count(False) > choices.count(True) >= 1   # faster kept, other re-tried
     # Retries of a choice twice as slow cost at most PROBE_COST of the time.
     extra = choices.count(True) * (2.0 - 1.0) / len(choices)
     assert extra <= ThreadPolicy.PROBE_COST
     for _ in range(ThreadPolicy.KEEP):          # the machine changes: one thread slows
-        p.record(False, 5.0, False)
+        p.record(False, 5.0)
     assert p.choose() is True
 
 
 def test_thread_policy_retries_often_when_the_two_are_close():
     from fastbp.engines.cpu import ThreadPolicy
     p = ThreadPolicy()
-    p.record(True, 1.0, True)
-    p.record(False, 1.01, False)
+    p.record(True, 1.0)
+    p.record(False, 1.01)
     choices = []
     for _ in range(10 * ThreadPolicy.MIN_PERIOD):
         team = p.choose()
         choices.append(team)
-        p.record(team, 1.0 if team else 1.01, team)
+        p.record(team, 1.0 if team else 1.01)
     assert choices.count(False) >= 5            # a 1% gap: retried every few chunks

@@ -21,10 +21,10 @@ import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
 from .. import precompile
 from ..kernels import cpu
 from ..kernels import math as km
-from ..kernels.sync import members_joined, sync_words
+from ..kernels.sync import members_joined, set_grace, spent_cycles, sync_words
 from ..kernels.tuning import (KEEP_WORKSPACE_BYTES, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
                               PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
-                              PREDICT_TILE_MIN_ROWS, TEAM_MIN_WORK_PER_THREAD)
+                              PREDICT_TILE_MIN_ROWS, TEAM_MIN_WORK_PER_THREAD, GRACE_SHARE)
 from ..threads import POOL, get_num_threads
 from ..validation import require_finite
 from ..workspace import Workspace
@@ -154,18 +154,15 @@ class ThreadPolicy:
             return not best
         return best
 
-    def record(self, team_ran, per_batch, team_chosen):
-        """``team_ran``: a team was formed for the chunk (whether or not it ended alone);
-        ``team_chosen``: the team was allowed. A chunk the kernel ran on one thread by its
-        size rule says nothing."""
-        if team_chosen and not team_ran:
-            return
+    def record(self, team, per_batch):
+        """A chunk's time per batch under one choice: ``team`` allowed (whether or not
+        every member came), or one thread."""
         self.undecided = False
         self.chunks += 1
         best = min((True, False), key=lambda t: statistics.median(self.times[t])
                    if self.times[t] else math.inf)
-        self.since_retry = self.since_retry + 1 if team_ran == best else 0
-        kept = self.times[team_ran]
+        self.since_retry = self.since_retry + 1 if team == best else 0
+        kept = self.times[team]
         kept.append(per_batch)
         del kept[:-self.KEEP]
 
@@ -182,6 +179,7 @@ class CPUEngine(Engine):
         self._blas_rule = {}  # batch size -> calls_blas
         self._trainable_plans = {}   # trainable flags' bytes -> _trainable_plan()
         self._syncs = []      # the teams' sync arrays, see _sync_array
+        self._batch_cycles = {}   # (kind, batch rows) -> cycles of a batch, last timed
 
     def calls_blas(self, batch_size):
         """Whether training at ``batch_size`` can call BLAS: a layer whose weight gradient
@@ -251,23 +249,34 @@ class CPUEngine(Engine):
                          3 * forward_macs(lay))
         team = size > 1 and policy.choose()
         t0 = time.perf_counter()
-        done, sync = self._run_team(
+        done, sync, grace = self._run_team(
             cpu.train_chunk, size if team else 1, size,
             (s.X, s.Y, s.row_w, perm, start, stop, s.batch_size, 0.0, m.params, lay.sizes,
              m.acts, lay.poff, lay.coff, s.trainable, s.lowest, m.loss, ws.Z, ws.A,
              ws.D, ws.grad, ws.tloss, s.optimizer.code, s.state, s.hyper, lrs, step,
-             clip_norm, s.blocks, s.block_sq, out, m.drop, s.seed, ws.no_grads))
+             clip_norm, s.blocks, s.block_sq, out, m.drop, s.seed, ws.no_grads),
+            timing_key=("train", s.batch_size))
         elapsed = time.perf_counter() - t0
-        if size > 1 and done and (done >= policy.MIN_BATCHES or elapsed >= policy.MIN_SECONDS):
-            policy.record(team and members_joined(sync) > 1, elapsed / done, team)
+        # A team that had no grace to form (no batch timed yet) says nothing about teams.
+        fair = not team or members_joined(sync) > 1 or grace > 0
+        if size > 1 and done and fair and (done >= policy.MIN_BATCHES or
+                                           elapsed >= policy.MIN_SECONDS):
+            policy.record(team, elapsed / done)
         return done
 
-    def _run_team(self, fn, n_members, n_slices, args):
+    def _run_team(self, fn, n_members, n_slices, args, timing_key):
         """``fn`` run by a team of ``n_members`` (the calling thread and pool threads) on a
         zeroed sync array, the batches in ``n_slices`` slices; returns (member 0's result,
-        the sync array)."""
+        the sync array, the grace given). The leader may wait GRACE_SHARE of the last
+        batch timed under ``timing_key`` for the members at the first batch
+        (kernels.sync.lead_batch), in its own clock's cycles."""
         sync = self._sync_array(n_members)
-        return POOL.run(fn, n_members, (n_slices, sync) + args, shared=(sync,)), sync
+        grace = int(GRACE_SHARE * self._batch_cycles.get(timing_key, 0)) if n_members > 1 else 0
+        set_grace(sync, grace)
+        done = POOL.run(fn, n_members, (n_slices, sync) + args, shared=(sync,))
+        if done > 0:
+            self._batch_cycles[timing_key] = spent_cycles(sync) / done
+        return done, sync, grace
 
     def _sync_array(self, n_members):
         """A zeroed sync array that no member of an earlier team still holds (one that
@@ -322,7 +331,8 @@ class CPUEngine(Engine):
                         lay.sizes, m.acts, lay.poff, lay.coff, trainable, lowest,
                         m.loss, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
                         cpu.GRADIENT_ONLY, ws.no_state, ws.no_hyper, ws.no_lrs, step, 0.0,
-                        ws.no_blocks, ws.no_hyper, losses, drop, seed, grads))
+                        ws.no_blocks, ws.no_hyper, losses, drop, seed, grads),
+                       timing_key=("gradient", block_rows))
 
     def apply_update(self, s, G, lr, step, clip_norm):
         cpu.apply_update(s.optimizer.code, self.net.params, G, s.state, s.hyper, lr, step,
@@ -411,7 +421,7 @@ class _MemberJobs:
 
 
 def _run_member_jobs(u, n_members, work):
-    sync = np.zeros(1, dtype=np.int64)   # unread: a team of one never meets a barrier
+    sync = np.zeros(sync_words(1), dtype=np.int64)   # a team of one: only its plan line
     while True:
         i = next(work.claims)             # atomic under the GIL
         if i >= len(work.jobs):
