@@ -12,9 +12,35 @@ Numba's parallel regions would do the same, but a ``prange`` costs a compile of 
 for every entry that holds one (about half of fastbp's first-fit compile time: see
 bench/results/README.md, "Compile time") and leaves the waiting policy to the OpenMP
 runtime.
+
+A worker woken from sleep is placed by Linux on the waking thread's CPU about half the
+time (wake-affine), where the two time-share one core until the scheduler moves one, often
+many milliseconds later: teams ran at one thread's speed for whole chunks. So a worker
+that finds itself on its caller's CPU steps aside to another one it may run on, and
+between tasks it spins for SPIN_SECONDS before it sleeps, as OpenMP's threads do: a worker
+still spinning is still on its own core.
 """
+import ctypes
 import os
 import threading
+import time
+
+import numpy as np
+
+SPIN_SECONDS = 0.003   # a worker's wait for its next task before it sleeps
+
+
+def _cpu_reader():
+    """The calling thread's CPU number (glibc's sched_getcpu), or None where unknown."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sched_getcpu
+        fn.restype, fn.argtypes = ctypes.c_int, ()
+        return fn if fn() >= 0 else None
+    except (OSError, AttributeError):
+        return None
+
+
+_current_cpu = _cpu_reader()
 
 _ENV = "FASTBP_NUM_THREADS"
 
@@ -59,9 +85,12 @@ class _Worker:
     """A thread that runs the tasks handed to it in turn: the one it runs, and at most one
     more waiting behind it (see Pool._workers_for)."""
 
+    cycles_per_second = None   # of kernels.sync.cycles, measured by the first worker
+
     def __init__(self):
         self.cond = threading.Condition()
         self.tasks = []           # (fn, args, holding): the running task first
+        self.bell = np.zeros(16, dtype=np.int64)   # bell[0] counts submitted tasks
         self.thread = threading.Thread(target=self._loop, name="fastbp-worker", daemon=True)
         self.thread.start()
 
@@ -70,13 +99,41 @@ class _Worker:
             with self.cond:
                 while not self.tasks:
                     self.cond.wait()
-                fn, args, _ = self.tasks[0]
+                fn, args, _, caller_cpu = self.tasks[0]
+            if caller_cpu is not None and _current_cpu() == caller_cpu:
+                self._step_aside(caller_cpu)
             try:
                 fn(*args)
             except BaseException:   # noqa: BLE001 - a member must never take its thread down
                 pass
             with self.cond:
                 self.tasks.pop(0)
+                rung = int(self.bell[0])
+                idle = not self.tasks
+            if idle:
+                self._spin(rung)
+
+    @staticmethod
+    def _step_aside(cpu):
+        """Move this thread off ``cpu`` now: forbid it, then allow it again (a thread stays
+        where it was moved)."""
+        try:
+            allowed = os.sched_getaffinity(0)
+            if len(allowed) > 1:
+                os.sched_setaffinity(0, allowed - {cpu})
+                os.sched_setaffinity(0, allowed)
+        except (AttributeError, OSError, ValueError):
+            pass
+
+    def _spin(self, rung):
+        """Wait, off the GIL, for up to SPIN_SECONDS for the bell to ring again."""
+        from .kernels.sync import spin_while
+        if _Worker.cycles_per_second is None:
+            c0, t0 = spin_while(self.bell, rung + 1, 0), time.perf_counter()
+            time.sleep(0.005)
+            c1, t1 = spin_while(self.bell, rung + 1, 0), time.perf_counter()
+            _Worker.cycles_per_second = max(1.0, (c1 - c0) / (t1 - t0))
+        spin_while(self.bell, rung, int(SPIN_SECONDS * _Worker.cycles_per_second))
 
     def load(self):
         return len(self.tasks)
@@ -84,9 +141,10 @@ class _Worker:
     def holds(self, array):
         return any(a is array for task in list(self.tasks) for a in task[2])
 
-    def submit(self, fn, args, holding):
+    def submit(self, fn, args, holding, caller_cpu=None):
         with self.cond:
-            self.tasks.append((fn, args, holding))
+            self.tasks.append((fn, args, holding, caller_cpu))
+            self.bell[0] += 1
             self.cond.notify()
 
 
@@ -127,8 +185,9 @@ class Pool:
                 helpers = self._workers_for(n_members - 1)
                 # Members count only the threads that will come (a leader waits for them).
                 n_members = 1 + len(helpers)
+                cpu = _current_cpu() if _current_cpu is not None and helpers else None
                 for u, w in enumerate(helpers, start=1):
-                    w.submit(fn, (u, n_members) + tuple(args), tuple(shared))
+                    w.submit(fn, (u, n_members) + tuple(args), tuple(shared), cpu)
         return fn(0, n_members, *args)
 
     def busy_with(self, array):

@@ -23,7 +23,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .jit import kernel
+from .jit import entry, kernel
 
 _i64 = ir.IntType(64)
 
@@ -283,6 +283,16 @@ def done_with(sync, u, batch):
 def claim(counter, index):
     """The next item of a shared work list: counter[index] before adding one to it."""
     return fetch_add(counter, index, 1)
+
+
+@entry
+def spin_while(word, value, max_cycles):
+    """Spin while word[0] == value, at most ``max_cycles``; returns the cycle counter (a
+    pool worker waits for its next task this way: see fastbp.threads)."""
+    c0 = cycles()
+    while atomic_load(word, 0) == value and cycles() - c0 < max_cycles:
+        spin_pause()
+    return cycles()
 
 
 # From Python, after a run, in plain NumPy (a compiled call would box its arguments).

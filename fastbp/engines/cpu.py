@@ -138,7 +138,12 @@ class ThreadPolicy:
 
     def period(self):
         """Chunks between retries of the slower choice: gap / PROBE_COST, where gap is how
-        much slower it was, within [MIN_PERIOD, MAX_PERIOD]."""
+        much slower it was, within [MIN_PERIOD, MAX_PERIOD]; MIN_PERIOD until each choice
+        has KEEP times. One time can be far off (a team's first chunk on a net has run
+        at one thread's speed for seconds), and kept as the verdict it would decide
+        every later fit of a short-fit workload."""
+        if min(len(self.times[True]), len(self.times[False])) < self.KEEP:
+            return self.MIN_PERIOD
         # statistics, not NumPy: np.median of three numbers costs more with cold caches
         team, alone = (statistics.median(self.times[t]) for t in (True, False))
         gap = max(team, alone) / min(team, alone) - 1.0 if min(team, alone) > 0 else 1.0
