@@ -44,6 +44,8 @@ A_BLOCK_BYTES = 64 * 2 ** 10
 PACK_MIN_LD = 512
 PACK_A_MIN_LD = 128
 PACK_MIN_ROWS = 8
+# Fewer than 4 rows of C, more than this many column panels: B row by row (_rows_sweep).
+SWEEP_MIN_PANELS = 2
 
 ASSIGN, ASSIGN_BIAS, ACCUMULATE = 0, 1, 2
 # ASSIGN_BIAS, then max(., 0): a hidden ReLU layer's activations straight from the
@@ -209,6 +211,38 @@ def _block1(A, sai, sak, B, bb, ldb, C, ldc, S, so, s0, s1, i, j0, n0, n1, k0, k
 
 
 @kernel(fastmath=FAST)
+def _rows_sweep(A, sai, sak, B, ldb, C, ldc, S, ss, sn, m, n, K, relu):
+    """C's m (< 4) rows, k outer: each row of B is read once, whole and in order, and
+    added into the rows of C (kept in L1). Column panels (the micro-kernels' order) walk
+    B a row apart per step, a new page per load for a wide layer, which defeats the
+    prefetchers: a one-row prediction of a 1024-wide net waited on memory for each of
+    its 64k lines. The same fma per element in the same k order as the micro-kernels, so
+    a row's result does not depend on the path. S, ss: where row i starts (S[i*ss + j]),
+    its first sn columns (0: zeros)."""
+    V = lanes(C)
+    for i in range(m):
+        for j in range(0, n, V):
+            nj = min(V, n - j)
+            vstore_part(C, i * ldc + j, vload_part(S, i * ss + j, max(0, min(nj, sn - j))),
+                        nj)
+    for k in range(K):
+        bk = k * ldb
+        for j in range(0, n, V):
+            nj = min(V, n - j)
+            b = vload_part(B, bk + j, nj)
+            for i in range(m):
+                a = vsplat(C, at(A, i * sai + k * sak))
+                o = i * ldc + j
+                vstore_part(C, o, vfma(a, b, vload_part(C, o, nj)), nj)
+    if relu:
+        for i in range(m):
+            for j in range(0, n, V):
+                nj = min(V, n - j)
+                o = i * ldc + j
+                vstore_part(C, o, vrelu(vload_part(C, o, nj), relu), nj)
+
+
+@kernel(fastmath=FAST)
 def _pack(B, ldb, transb, P, j0, n, k0, k1):
     """P[(k-k0)*2V + c] = B(k, j0 + c) for c < n, zeros up to 2V: the panel the
     micro-kernels sweep, contiguous. B(k, j) is B[k*ldb + j], or B[j*ldb + k] when
@@ -264,6 +298,16 @@ def gemm(A, sai, sak, B, ldb, transb, C, ldc, bias, m, n, K, mode):
     are flat (1-D) views; ``mode`` ASSIGN, ASSIGN_BIAS, ASSIGN_BIAS_RELU or ACCUMULATE;
     ``transb``: B holds the transpose (B(k, j) = B[j*ldb + k])."""
     V = lanes(C)
+    if m < 4 and not transb and n > SWEEP_MIN_PANELS * 2 * V:
+        if mode == ACCUMULATE:
+            S, ss, sn = C, ldc, n
+        elif mode == ASSIGN_BIAS or mode == ASSIGN_BIAS_RELU:
+            S, ss, sn = bias, 0, n
+        else:
+            S, ss, sn = C, 0, 0
+        _rows_sweep(A, sai, sak, B, ldb, C, ldc, S, ss, sn, m, n, K,
+                    mode == ASSIGN_BIAS_RELU)
+        return
     itemsize = VEC_BYTES // V
     mc = A_BLOCK_BYTES // (KC * itemsize)
     # The scratch lives in this frame: no allocation per call.

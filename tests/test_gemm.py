@@ -184,3 +184,23 @@ def test_gemm_with_32_byte_vectors(tmp_path):
          "-k", "not 32_byte"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "passed" in proc.stdout
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_few_rows_swept_equal_the_same_rows_in_blocks_bitwise(dtype):
+    """Fewer than 4 rows of a wide product go through B row by row (_rows_sweep), more
+    through the register-blocked micro-kernels: every row comes out bitwise the same, so
+    a prediction does not depend on how many rows came with it."""
+    rng = np.random.default_rng(3)
+    lanes = VEC_BYTES // np.dtype(dtype).itemsize
+    m, K = 9, g.KC + 37
+    n = (2 * g.SWEEP_MIN_PANELS + 1) * lanes + 3      # a sweep for fewer than 4 rows
+    A, B, bias, _ = _case(rng, dtype, m, n, K)
+    for mode in (g.ASSIGN_BIAS, g.ASSIGN_BIAS_RELU, g.ASSIGN, g.ACCUMULATE):
+        start = rng.standard_normal(m * n).astype(dtype)
+        blocked = start.copy()
+        gemm(A, K, 1, B, n, False, blocked, n, bias, m, n, K, mode)
+        for r0, rows in ((0, 1), (4, 3), (7, 2)):
+            swept = start[r0 * n:(r0 + rows) * n].copy()
+            gemm(A[r0 * K:], K, 1, B, n, False, swept, n, bias, rows, n, K, mode)
+            assert np.array_equal(swept, blocked[r0 * n:(r0 + rows) * n]), (mode, r0, rows)
