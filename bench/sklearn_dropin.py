@@ -20,7 +20,7 @@ repetition: both are deterministic for a seed).
 fastbp's kernels are compiled (or loaded from the on-disk cache) by a small fit of each
 solver before the timed ones; that first fit's time is reported as ``first_fit_s``. Both
 libraries use the same threads: every core, or ``--threads N`` (fastbp's thread team through
-``numba.set_num_threads``, scikit-learn's BLAS through threadpoolctl). On a machine shared
+``fastbp.set_num_threads``, scikit-learn's BLAS through threadpoolctl). On a machine shared
 with other work, one thread each is the steadier comparison: BLAS threads that wait for a
 descheduled partner made scikit-learn's epochs vary tenfold from one minute to the next.
 """
@@ -70,9 +70,10 @@ def run(args):
     X, Xt = X.astype(args.dtype), Xt.astype(args.dtype)
     peers = {"fastbp": fastbp_sklearn.MLPClassifier, "sklearn": skl_nn.MLPClassifier}
     threads = args.threads or os.cpu_count() or 1
-    import numba
     from threadpoolctl import threadpool_limits
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+    import fastbp
+    fastbp.set_num_threads(threads)
     blas_limit = threadpool_limits(limits=threads, user_api="blas")
     load_before = os.getloadavg()[0]
 
