@@ -36,7 +36,7 @@ def _cpu_reader():
         fn = ctypes.CDLL(None, use_errno=True).sched_getcpu
         fn.restype, fn.argtypes = ctypes.c_int, ()
         return fn if fn() >= 0 else None
-    except (OSError, AttributeError):
+    except Exception:   # noqa: BLE001 - not glibc (macOS, Windows): no CPU numbers
         return None
 
 
@@ -89,7 +89,7 @@ class _Worker:
 
     def __init__(self):
         self.cond = threading.Condition()
-        self.tasks = []           # (fn, args, holding): the running task first
+        self.tasks = []           # (fn, args, holding, caller's CPU): the running one first
         self.bell = np.zeros(16, dtype=np.int64)   # bell[0] counts submitted tasks
         self.thread = threading.Thread(target=self._loop, name="fastbp-worker", daemon=True)
         self.thread.start()
