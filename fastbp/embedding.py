@@ -8,6 +8,7 @@ an online-learning loop written with Numba can fit the network as it goes.
 """
 import numpy as np
 
+from .engines.cpu import load_blas
 from .errors import ConfigError
 from .kernels.cpu import train_chunk
 from .kernels.jit import entry
@@ -15,6 +16,9 @@ from .kernels.sync import sync_words
 from .optimizers import get_optimizer
 from .validation import check_positive_int
 from .workspace import Workspace
+
+# train_step may call BLAS from the caller's compiled code, outside any fit of fastbp's.
+load_blas()
 
 
 @entry

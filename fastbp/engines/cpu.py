@@ -14,9 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-# Load SciPy's BLAS (the one numba's np.dot calls) now, so that threadpoolctl sees it when
-# single_threaded_blas() first runs; loaded later, it would keep its own thread count.
-import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
 
 from .. import precompile
 from ..kernels import cpu
@@ -33,6 +30,14 @@ from .base import Engine, FitSession
 _blas_controller = None
 
 
+def load_blas():
+    """Load SciPy's BLAS, the one Numba's np.dot calls, before any kernel can call it and
+    before threadpoolctl first looks (loaded later, it would keep its own thread count).
+    Only where a kernel may call BLAS (AVX2 machines, some layer sizes): SciPy's import
+    was a third of ``import fastbp``."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loaded for its side effect)
+
+
 @contextmanager
 def single_threaded_blas(needed=True):
     """fastbp's threads may call BLAS each (AVX2 only): one BLAS thread each avoids
@@ -47,6 +52,7 @@ def single_threaded_blas(needed=True):
     if not needed:
         yield
         return
+    load_blas()
     if _blas_controller is None:
         try:
             from threadpoolctl import ThreadpoolController
