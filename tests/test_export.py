@@ -322,8 +322,6 @@ def test_importing_fastbp_imports_no_exporter_library():
 
 # ============================================================= CUDA-trained (simulator)
 
-@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
-                    reason="numba-cuda is not installed: no CUDA simulator")
 def _export_cuda_checks():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
@@ -331,6 +329,8 @@ def _export_cuda_checks():
     return "export_cuda_checks", cmd, env, ROOT
 
 
+@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
+                    reason="numba-cuda is not installed: no CUDA simulator")
 @early.early(_export_cuda_checks)
 def test_cuda_trained_models_export_under_the_simulator():
     code, out, err = early.result(*_export_cuda_checks(), timeout=900)
