@@ -78,6 +78,8 @@ def _child_env():
 def wait(dtype):
     """Before the first inference of ``dtype``: let a running child finish (it started
     earlier, so it finishes sooner than compiling here would)."""
+    if not any(_children.values()):   # the usual case, checked first: every predict asks
+        return
     child = _children.get(str(dtype))
     if child is None:
         return

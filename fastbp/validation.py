@@ -72,8 +72,11 @@ def check_X(X, dtype, n_features=None, name="X", finite=True):
     if n_features is not None and arr.shape[1] != n_features:
         raise DataError(f"{name} has {arr.shape[1]} features, but the model expects "
                         f"{n_features} (its sizes[0])")
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.dtype == dtype and arr.flags.c_contiguous:
+        out = arr      # no conversion, so no overflow to silence (errstate is a visible
+    else:              # part of a one-row predict)
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(arr, dtype=dtype)
     # Unaligned views (into byte buffers) slow the loops; read-only arrays (memmaps, joblib)
     # are a distinct Numba type and would compile every kernel a second time.
     if not (out.flags.aligned and out.flags.writeable):

@@ -191,6 +191,7 @@ class CPUEngine(Engine):
         self._trainable_plans = {}   # trainable flags' bytes -> _trainable_plan()
         self._syncs = []      # the teams' sync arrays, see _sync_array
         self._batch_cycles = {}   # (kind, batch rows) -> cycles of a batch, last timed
+        self._forward_plans = {}  # n_layers -> _forward_plan()
 
     def calls_blas(self, batch_size):
         """Whether training at ``batch_size`` can call BLAS: a layer whose weight gradient
@@ -358,15 +359,14 @@ class CPUEngine(Engine):
         m, lay = self.net, self.net.layout
         precompile.wait(m.dtype)
         n = X.shape[0]
-        rows = min(predict_block_rows(lay, m.dtype), n)
+        block_rows, tile_rows, macs = self._forward_plan(n_layers)
+        rows = min(block_rows, n)
         Z, A = self._inference_scratch(rows)
-        size = split_size(n, min(get_num_threads(), rows), forward_macs(lay))
+        size = split_size(n, min(get_num_threads(), rows), macs)
         # Tiles as the rows would fall to each thread in even shares, each share in even
         # tiles of at most the tile size, in whole row blocks of the GEMM micro-kernel
         # where that fits (a short tile costs a pass over every weight matrix).
-        tile = cpu.even_tile.py_func(-(-n // size),
-                                     min(predict_tile_rows(lay, m.dtype, n_layers),
-                                         rows // size))
+        tile = cpu.even_tile.py_func(-(-n // size), min(tile_rows, rows // size))
         work = np.zeros(2, dtype=np.int64)   # [next tile, tiles done]
         bad = np.zeros(1, dtype=np.int64)
         POOL.run(cpu.forward_tiles, size,
@@ -375,6 +375,18 @@ class CPUEngine(Engine):
         if bad[0]:
             require_finite(X, "X")
         return out
+
+    def _forward_plan(self, n_layers):
+        """(scratch rows, tile rows, multiply-adds a row) of inference through
+        ``n_layers`` layers, worked out once: on a one-row predict, working them out
+        again cost as much as the compiled pass."""
+        plan = self._forward_plans.get(n_layers)
+        if plan is None:
+            lay, dtype = self.net.layout, self.net.dtype
+            plan = (predict_block_rows(lay, dtype), predict_tile_rows(lay, dtype, n_layers),
+                    forward_macs(lay))
+            self._forward_plans[n_layers] = plan
+        return plan
 
     def _inference_scratch(self, rows):
         """Z and A row buffers for ``rows`` rows, kept between calls (inference is called
