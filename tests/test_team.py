@@ -335,6 +335,25 @@ def test_thread_policy_retries_often_when_the_two_are_close():
     assert choices.count(False) >= 5            # a 1% gap: retried every few chunks
 
 
+def test_thread_policy_gives_a_slow_first_team_time_a_second_chance():
+    """A model's first team chunk ran at one thread's speed (a member stalled): the team is
+    tried again at once, and once it has shown its speed it is kept."""
+    from fastbp.engines.cpu import ThreadPolicy
+    p = ThreadPolicy()
+    p.record(True, 2.0)                   # the team's first chunk: no faster than alone
+    p.record(False, 1.9)
+    choices = []
+    for _ in range(40):
+        team = p.choose()
+        choices.append(team)
+        p.record(team, 1.0 if team else 1.9)
+    assert choices[:2].count(True) == 1         # retried within two chunks
+    assert choices[2:].count(True) >= 35        # then kept: the slow time does not count
+    for _ in range(ThreadPolicy.KEEP):          # a load that lasts: every team time slows
+        p.record(True, 3.0)
+    assert p.choose() is False
+
+
 @pytest.mark.skipif(threads_mod._current_cpu is None or len(os.sched_getaffinity(0)) < 2,
                     reason="needs sched_getcpu and two CPUs")
 def test_a_worker_on_its_callers_cpu_steps_aside():

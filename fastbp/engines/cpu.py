@@ -7,7 +7,6 @@ that the threads claim one at a time.
 import itertools
 import math
 import os
-import statistics
 import threading
 import time
 from contextlib import contextmanager
@@ -124,7 +123,14 @@ class ThreadPolicy:
     then one thread, then whichever was faster over its last few chunks, trying the other
     again now and then. A retry costs the gap between the two for one chunk, so retries
     are spaced to cost at most PROBE_COST of the throughput: often when the two are close
-    (cheap, and the choice may flip), rarely when one is far ahead."""
+    (cheap, and the choice may flip), rarely when one is far ahead.
+
+    Each choice counts by the fastest of its last KEEP times: interference only ever
+    slows a chunk, and a model's first team chunk often ran at one thread's speed (a
+    member stalled for milliseconds on a virtual CPU, bench/results/README.md), which as
+    a median or a single time handed the next chunks to the slower choice. Still, a load
+    that lasts (another process on the member's core) slows all KEEP times, and then
+    one thread wins."""
 
     PROBE_COST = 0.02   # the share of time retries of the slower choice may cost
     MIN_PERIOD = 4      # chunks between retries, at least
@@ -142,16 +148,21 @@ class ThreadPolicy:
         self.since_retry = 0
         self.undecided = True   # no team formed yet: the kernel decides by size alone
 
+    def _best(self):
+        """The faster choice so far (the team while neither is timed)."""
+        return min((True, False), key=lambda t: min(self.times[t], default=math.inf))
+
     def period(self):
         """Chunks between retries of the slower choice: gap / PROBE_COST, where gap is how
-        much slower it was, within [MIN_PERIOD, MAX_PERIOD]; MIN_PERIOD until each choice
-        has KEEP times. One time can be far off (a team's first chunk on a net has run
-        at one thread's speed for seconds), and kept as the verdict it would decide
-        every later fit of a short-fit workload."""
-        if min(len(self.times[True]), len(self.times[False])) < self.KEEP:
+        much slower it was, within [MIN_PERIOD, MAX_PERIOD]. Sooner while the evidence is
+        thin: the next chunk when the slower choice has one time only (it may be the
+        outlier that lost), MIN_PERIOD until each has KEEP times."""
+        n = min(len(self.times[True]), len(self.times[False]))
+        if n < 2:
+            return 1
+        if n < self.KEEP:
             return self.MIN_PERIOD
-        # statistics, not NumPy: np.median of three numbers costs more with cold caches
-        team, alone = (statistics.median(self.times[t]) for t in (True, False))
+        team, alone = (min(self.times[t]) for t in (True, False))
         gap = max(team, alone) / min(team, alone) - 1.0 if min(team, alone) > 0 else 1.0
         return int(min(self.MAX_PERIOD, max(self.MIN_PERIOD, math.ceil(gap / self.PROBE_COST))))
 
@@ -160,7 +171,7 @@ class ThreadPolicy:
             return True
         if not self.times[False]:
             return False
-        best = min((True, False), key=lambda team: statistics.median(self.times[team]))
+        best = self._best()
         if self.since_retry >= self.period():
             return not best
         return best
@@ -170,12 +181,14 @@ class ThreadPolicy:
         every member came), or one thread."""
         self.undecided = False
         self.chunks += 1
-        best = min((True, False), key=lambda t: statistics.median(self.times[t])
-                   if self.times[t] else math.inf)
-        self.since_retry = self.since_retry + 1 if team == best else 0
+        before = self._best()
         kept = self.times[team]
         kept.append(per_batch)
         del kept[:-self.KEEP]
+        best = self._best()
+        # Retries of the slower choice are counted from its last run, or from the moment
+        # the other one took the lead.
+        self.since_retry = self.since_retry + 1 if team == best == before else 0
 
 
 class CPUEngine(Engine):
