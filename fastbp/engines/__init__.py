@@ -3,7 +3,10 @@
 ``make_engine(net, device)`` gives the engine of a resolved device; ``resolve_device``
 turns "auto" into "cpu" or "cuda".
 """
+import ctypes
 import logging
+import os
+import sys
 
 from ..errors import ConfigError
 from .base import Engine, FitSession
@@ -13,8 +16,35 @@ DEVICES = ("auto", "cpu", "cuda")
 _auto_logged = False
 
 
+def _driver_loadable():
+    """Whether a CUDA driver library loads, tried by the names and places numba-cuda tries
+    (its driver module's locate_driver_and_loader) before numba.cuda is imported: that
+    import alone took 0.9 s on a machine without a GPU, paid by every first model with
+    device="auto". The simulator and a driver named in NUMBA_CUDA_DRIVER need no library
+    here."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0") or \
+            os.environ.get("NUMBA_CUDA_DRIVER"):
+        return True
+    if sys.platform == "win32":
+        loader, dirs, names = ctypes.WinDLL, ["\\windows\\system32"], ["nvcuda.dll"]
+    elif sys.platform == "darwin":
+        loader, dirs, names = ctypes.CDLL, ["/usr/local/cuda/lib"], ["libcuda.dylib"]
+    else:
+        loader, dirs, names = ctypes.CDLL, ["/usr/lib", "/usr/lib64"], ["libcuda.so",
+                                                                      "libcuda.so.1"]
+    for path in names + [os.path.join(d, n) for d in dirs for n in names]:
+        try:
+            loader(path)
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def cuda_available():
     """True when numba-cuda is installed and sees a GPU (or the simulator is on)."""
+    if not _driver_loadable():
+        return False
     try:
         from numba import cuda
     except Exception:  # noqa: BLE001 - numba-cuda missing or broken: the CPU serves
