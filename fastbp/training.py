@@ -12,6 +12,7 @@ same loop and give callbacks the same hooks with the same meaning:
 stretch of compiled work (a chunk, or about CHUNK_SECONDS of distributed steps).
 """
 import _signal
+import math
 import signal
 import threading
 import time
@@ -130,33 +131,33 @@ class LocalChunks(Strategy):
         opt, n, bs = plan.optimizer, plan.X.shape[0], plan.batch_size
         engine = model._engine
         out = np.empty((-(-n // bs), 2), dtype=np.float64)    # per batch [loss, metric sum]
-        loss_sum = metric_sum = 0.0
+        loss_sum = 0.0
         timing = engine.batch_seconds
-        start, chunk, per_batch_s = 0, 0, timing.get(bs)
+        start, chunk, per_batch_s, b = 0, 0, timing.get(bs), 0
         while start < n:
             stop = min(n, start + chunk_batches(per_batch_s) * bs)
             nb = -(-(stop - start) // bs)
             lrs = chunk_rates(opt, step_schedule, session.step_done + 1, nb)
             tc = time.perf_counter()
             done = engine.run_chunk(session, perm, start, stop, lrs, session.step_done,
-                                    plan.clip_norm, out[:nb])
+                                    plan.clip_norm, out[b:b + nb])
             per_batch_s = timing[bs] = (time.perf_counter() - tc) / max(done, 1)
             session.step_done += done
-            rows = batch_rows(start, stop, bs, done)
-            loss_sum += float(out[:done, 0] @ rows)
-            metric_sum += float(out[:done, 1].sum())
+            loss_sum += float(out[b:b + done, 0] @ batch_rows(start, stop, bs, done))
             if done:
                 session.last_lr = float(lrs[done - 1])
             if done < nb:
-                session.bad_loss = out[done, 0]
+                session.bad_loss = out[b + done, 0]
                 return None
             chunk += 1
             progress.chunk(stop, loss_sum / stop)
             for cb in callbacks:
                 cb.on_chunk_end(chunk, {"loss": loss_sum / stop})
-            start = stop
+            start, b = stop, b + nb
             stop_if_interrupted(session)
-        return loss_sum, metric_sum, n
+        # The epoch's sums exactly rounded, so the same whatever the chunks were: their
+        # sizes follow the clock, and a running sum's rounding followed them.
+        return (math.fsum(out[:, 0] * batch_rows(0, n, bs, b)), math.fsum(out[:, 1]), n)
 
 
 def train(model, plan):

@@ -28,9 +28,9 @@ from . import math as m
 from .gemm import ASSIGN, ASSIGN_BIAS, ASSIGN_BIAS_RELU, BLOCK_ROWS, gemm
 from .jit import entry, kernel
 from .simd import lanes, prefetch, vexp, vload_part, vstore_part
-from .sync import (PLAN_BATCH, PLAN_DONE, SPENT, atomic_load, await_batch, barrier, claim, cycles,
-                   done_with, fetch_add, lead_batch, lead_finish, plan_slot, popcount,
-                   popcount_below, spin_pause)
+from .sync import (FUSE_ALONE, PLAN_BATCH, PLAN_DONE, SPENT, atomic_load, await_batch,
+                   barrier, claim, cycles, done_with, fetch_add, lead_batch, lead_finish,
+                   plan_slot, popcount, popcount_below, spin_pause)
 from .tuning import (BLAS_MAX_HAND_OUTPUTS, BLAS_MIN_ROWS, BLAS_MIN_WEIGHTS,
                      GEMM_DELTA_MAX_WEIGHTS, GEMM_DELTA_MIN_OUTPUTS, GEMM_MAX_WEIGHTS,
                      MIN_ROWS_PER_THREAD, TEAM_CHECK_STEPS)
@@ -481,20 +481,26 @@ def prefetch_rows(X, Y, row_w, rows_idx, lo, hi):
 @kernel
 def slice_loss_grad(X, Y, row_w, rows_idx, b0, r0, r1, scale, params, sizes, acts, poff,
                     coff, trainable, lowest, loss, B, Zbuf, Abuf, Dbuf, g, drop, seed, step, out,
-                    weight_grads):
+                    q0, parts, weight_grads):
     """Forward, loss and backward for rows r0..r1 of the batch starting at ``b0``.
 
-    ``out`` receives [scaled loss sum, metric sum] of the slice; ``weight_grads``: whether
-    the slice's weight gradients go into g (see loss_grad_slices)."""
+    out[q0 + p] receives [scaled loss sum, metric sum] of part p of ``parts`` even parts
+    of the slice (the slices a team would have made: summed in that order, the batch's loss
+    does not depend on who ran it); ``weight_grads``: whether the slice's weight gradients
+    go into g (else weight_grad_part makes them)."""
     L = sizes.shape[0] - 1
     A0 = layer_rows(Abuf, B, coff, 0, r0, r1, sizes[0])
     gather_rows(X, rows_idx, b0 + r0, b0 + r1, A0)
     forward_rows(params, sizes, acts, poff, coff, loss, B, A0, Zbuf, Abuf, r0, r1, L, drop,
                  seed, step)
-    Zo = layer_rows(Zbuf, B, coff, L, r0, r1, sizes[L])
-    Ao = layer_rows(Abuf, B, coff, L, r0, r1, sizes[L])
-    Do = layer_rows(Dbuf, B, coff, L, r0, r1, sizes[L])
-    loss_and_output_delta(Zo, Ao, Y, row_w, rows_idx, b0 + r0, loss, scale, Do, out)
+    n = r1 - r0
+    for p in range(parts):
+        a = r0 + p * n // parts
+        e = r0 + (p + 1) * n // parts
+        loss_and_output_delta(layer_rows(Zbuf, B, coff, L, a, e, sizes[L]),
+                              layer_rows(Abuf, B, coff, L, a, e, sizes[L]), Y, row_w,
+                              rows_idx, b0 + a, loss, scale,
+                              layer_rows(Dbuf, B, coff, L, a, e, sizes[L]), out[q0 + p])
     backward_rows(params, sizes, acts, poff, coff, trainable, lowest, B, A0, Zbuf, Abuf,
                   Dbuf, r0, r1, g, drop, seed, step, weight_grads)
 
@@ -742,6 +748,7 @@ def chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop, ba
             return -1       # arrived after the end: nothing to join (waiting would spin)
         want = published + 1
     solo = n_members == 1               # the leader alone, from the start or from a check
+    fuse_alone = sync[plan_slot(sync) + FUSE_ALONE] != 0
     waited = 0
     since = cycles()
     while u != 0 or want <= n_batches:
@@ -755,7 +762,13 @@ def chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop, ba
         rows = min(batch_size, stop - b0)
         ns = min(n_slices, max(1, rows // MIN_ROWS_PER_THREAD))   # a short batch: fewer
         # Alone with one slice, the weight gradients come with the deltas, layer by layer.
-        fused = ns == 1 and nt == 1
+        # Alone with several, the batch is one slice too where the caller allows it (no
+        # BLAS call, whose rounding may depend on the rows): the same numbers, the loss
+        # summed by the same parts, in one pass (a team's slices cost one thread 15-25%
+        # on the narrow net).
+        fused = nt == 1 and (ns == 1 or fuse_alone)
+        parts = ns if fused else 1
+        ns_run = 1 if fused else ns
         if k + 1 < n_batches:   # this member's rows of the next batch, on their way
             nrows = min(batch_size, stop - b0 - batch_size)
             nn = min(n_slices, max(1, nrows // MIN_ROWS_PER_THREAD))
@@ -763,11 +776,12 @@ def chunk_steps(u, n_members, n_slices, sync, X, Y, row_w, perm, start, stop, ba
             for q in range(t, nn, nt):
                 prefetch_rows(X, Y, row_w, perm, nb0 + q * nrows // nn,
                               nb0 + (q + 1) * nrows // nn)
-        for q in range(t, ns, nt):
-            slice_loss_grad(X, Y, row_w, perm, b0, q * rows // ns, (q + 1) * rows // ns,
+        for q in range(t, ns_run, nt):
+            slice_loss_grad(X, Y, row_w, perm, b0, q * rows // ns_run,
+                            (q + 1) * rows // ns_run,
                             scale if scale > 0.0 else loss_scale(loss, rows, n_out), params,
                             sizes, acts, poff, coff, trainable, lowest, loss, batch_size, Zbuf,
-                            Abuf, Dbuf, grad, drop, seed, step + k + 1, tloss[q], fused)
+                            Abuf, Dbuf, grad, drop, seed, step + k + 1, tloss, q, parts, fused)
         if nt > 1:
             waited += barrier(sync, u, roster, PHASES * b + 1)
         total = 0.0

@@ -134,6 +134,7 @@ RESULT = 2           # in the last line: what the chunk returns
 JOINED = 3           # in the last line: every member that ran at least one batch
 GRACE = 4            # in the last line: cycles the leader may wait for members at batch 1
 SPENT = 5            # in the last line: cycles the leader spent in the chunk
+FUSE_ALONE = 6       # in the last line: a roster of one may run a batch as one slice
 PLAN_DONE = 1 << 62
 PATIENCE = 1 << 33   # cycles a member waits for a batch before it leaves (seconds)
 MAX_MEMBERS = 62     # members are bits of an int64 mask
@@ -305,6 +306,11 @@ def members_joined(sync):
 def set_grace(sync, cycles):
     """Let the leader wait up to ``cycles`` for the members at the chunk's first batch."""
     sync[len(sync) - STRIDE + GRACE] = int(cycles)
+
+
+def set_fuse_alone(sync, allowed):
+    """Let a roster of one run its batches as one slice (kernels.cpu.chunk_steps)."""
+    sync[len(sync) - STRIDE + FUSE_ALONE] = int(bool(allowed))
 
 
 def spent_cycles(sync):

@@ -84,6 +84,45 @@ def test_a_team_gives_the_weights_of_one_thread_bitwise(case):
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("case", ["regression", "dropout_clip_frozen"])
+def test_one_thread_of_two_gives_the_weights_and_losses_of_the_team_bitwise(case):
+    """With two threads, a chunk the policy gives to one thread runs each batch as one
+    slice (the team's loss parts kept): weights and loss history bitwise those of the team,
+    so neither depends on the policy's timing."""
+    rng = np.random.default_rng(1)
+    if case == "regression":
+        X = rng.normal(size=(3016, 32)).astype(np.float32)       # last batch: 8 rows
+        y = X[:, :4].sum(1)
+        sizes, loss = [32, 64, 64, 1], "mse"
+        kw = dict(epochs=2, batch_size=32, optimizer="adam", lr=1e-3)
+        dtype, dropout, frozen = "float32", 0.0, []
+    else:
+        X = rng.normal(size=(2930, 30))                           # last batch: 2 rows
+        y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 1)
+        sizes, loss = [30, 64, 64, 3], "cross_entropy"
+        kw = dict(epochs=2, batch_size=24, clip_norm=0.5,
+                  optimizer=fastbp.SGD(0.05, momentum=0.9, nesterov=True))
+        dtype, dropout, frozen = "float64", 0.2, [0]
+    results = []
+    before = fastbp.get_num_threads()
+    fastbp.set_num_threads(2)
+    try:
+        for team in (True, False):
+            backend.ThreadPolicy.choose = lambda self, team=team: team
+            net = fastbp.MLP(sizes, loss=loss, seed=0, device="cpu", dtype=dtype,
+                             dropout=dropout)
+            net.freeze(frozen)
+            hist = net.fit(X, y, verbose=0, **kw)
+            results.append((net.get_weights(), hist.history["loss"]))
+    finally:
+        fastbp.set_num_threads(before)
+        backend.ThreadPolicy.choose = _choose
+    (w_team, l_team), (w_one, l_one) = results
+    assert l_team == l_one
+    for a, b in zip(w_team, w_one):
+        assert np.array_equal(a, b)
+
+
 def _chunk(n_members, net, X, Y, perm, bs, late=0.0, busy_helper=False, grace=0,
            start=True):
     """One chunk of Adam steps on ``n_members`` members (the calling thread and pool

@@ -17,7 +17,7 @@ import numpy as np
 from .. import precompile
 from ..kernels import cpu
 from ..kernels import math as km
-from ..kernels.sync import members_joined, set_grace, spent_cycles, sync_words
+from ..kernels.sync import members_joined, set_fuse_alone, set_grace, spent_cycles, sync_words
 from ..kernels.tuning import (KEEP_WORKSPACE_BYTES, MIN_ROWS_PER_THREAD, MIN_WORK_PER_THREAD,
                               PREDICT_MIN_ROWS, PREDICT_SCRATCH_BYTES, PREDICT_TILE_BYTES,
                               PREDICT_TILE_MIN_ROWS, TEAM_MIN_WORK_PER_THREAD, GRACE_SHARE)
@@ -280,7 +280,7 @@ class CPUEngine(Engine):
              m.acts, lay.poff, lay.coff, s.trainable, s.lowest, m.loss, ws.Z, ws.A,
              ws.D, ws.grad, ws.tloss, s.optimizer.code, s.state, s.hyper, lrs, step,
              clip_norm, s.blocks, s.block_sq, out, m.drop, s.seed, ws.no_grads),
-            timing_key=("train", s.batch_size))
+            timing_key=("train", s.batch_size), fuse_alone=not self.calls_blas(s.batch_size))
         elapsed = time.perf_counter() - t0
         # A team that had no grace to form (no batch timed yet) says nothing about teams.
         fair = not team or members_joined(sync) > 1 or grace > 0
@@ -289,15 +289,17 @@ class CPUEngine(Engine):
             policy.record(team, elapsed / done)
         return done
 
-    def _run_team(self, fn, n_members, n_slices, args, timing_key):
+    def _run_team(self, fn, n_members, n_slices, args, timing_key, fuse_alone):
         """``fn`` run by a team of ``n_members`` (the calling thread and pool threads) on a
         zeroed sync array, the batches in ``n_slices`` slices; returns (member 0's result,
         the sync array, the grace given). The leader may wait GRACE_SHARE of the last
         batch timed under ``timing_key`` for the members at the first batch
-        (kernels.sync.lead_batch), in its own clock's cycles."""
+        (kernels.sync.lead_batch), in its own clock's cycles. ``fuse_alone``: a batch
+        whose roster is one thread may go through as one slice (no layer calls BLAS)."""
         sync = self._sync_array(n_members)
         grace = int(GRACE_SHARE * self._batch_cycles.get(timing_key, 0)) if n_members > 1 else 0
         set_grace(sync, grace)
+        set_fuse_alone(sync, fuse_alone)
         done = POOL.run(fn, n_members, (n_slices, sync) + args, shared=(sync,))
         if done > 0:
             self._batch_cycles[timing_key] = spent_cycles(sync) / done
@@ -357,7 +359,8 @@ class CPUEngine(Engine):
                         m.loss, ws.Z, ws.A, ws.D, ws.grad, ws.tloss,
                         cpu.GRADIENT_ONLY, ws.no_state, ws.no_hyper, ws.no_lrs, step, 0.0,
                         ws.no_blocks, ws.no_hyper, losses, drop, seed, grads),
-                       timing_key=("gradient", block_rows))
+                       timing_key=("gradient", block_rows),
+                       fuse_alone=not self.calls_blas(block_rows))
 
     def apply_update(self, s, G, lr, step, clip_norm):
         cpu.apply_update(s.optimizer.code, self.net.params, G, s.state, s.hyper, lr, step,
