@@ -9,6 +9,7 @@ write. Other engines run the members' chunks one after another. A member's numbe
 those of its own ``MLP.fit`` either way.
 """
 import copy
+import math
 import numbers
 import time
 import warnings
@@ -406,7 +407,7 @@ class Ensemble:
         sums = {k: [0.0, 0.0] for k in active}
         running = list(active)
         bad = []
-        start, chunk = 0, 0
+        start, chunk, b = 0, 0, 0
         per_batch_s = self._batch_seconds.get(bs)
         threads = get_num_threads()
         while start < n and running:
@@ -419,19 +420,19 @@ class Ensemble:
                 threads > 1 and len(running) >= threads
             if solo:
                 done = train_members([(engines[k], sessions[k], perm, start, stop, lrs[k],
-                                       sessions[k].step_done, clip, out[k][:nb])
+                                       sessions[k].step_done, clip, out[k][b:b + nb])
                                       for k in running], threads)
             else:
                 done = [engines[k].run_chunk(sessions[k], perm, start, stop, lrs[k],
-                                             sessions[k].step_done, clip, out[k][:nb])
+                                             sessions[k].step_done, clip, out[k][b:b + nb])
                         for k in running]
             per_batch_s = self._batch_seconds[bs] = (time.perf_counter() - t0) / nb
             for k, d in zip(list(running), done):
                 s = sessions[k]
                 s.step_done += d
                 rows = batch_rows(start, stop, bs, d)
-                sums[k][0] += float(out[k][:d, 0] @ rows)
-                sums[k][1] += float(out[k][:d, 1].sum())
+                sums[k][0] += float(out[k][b:b + d, 0] @ rows)
+                sums[k][1] += float(out[k][b:b + d, 1].sum())
                 if d:
                     s.last_lr = float(lrs[k][d - 1])
                 if d < nb:
@@ -450,9 +451,13 @@ class Ensemble:
             for k in running:
                 for cb in per_member[k]:
                     cb.on_chunk_end(chunk, {"loss": sums[k][0] / stop})
-            start = stop
+            start, b = stop, b + nb
             if interrupt.requested:
                 raise KeyboardInterrupt
+        # Exact sums over the epoch's batches, as MLP.fit makes them (training.LocalChunks).
+        for k in running:
+            sums[k] = [math.fsum(out[k][:b, 0] * batch_rows(0, n, bs, b)),
+                       math.fsum(out[k][:b, 1])]
         return sums, bad
 
     # ---------------------------------------------------------------- inference
