@@ -7,9 +7,13 @@ Everything runs in ONE process on the same synthetic data, float32, Adam (lr 1e-
 every library on all of fastbp's threads (torch.set_num_threads(fastbp.get_num_threads())).
 Each peer is warmed up first (compilation, first epoch, allocator) and never timed then; a
 repetition is one full shuffled epoch and one forward pass over every row, the peers taking
-turns rep by rep so that a noisy machine hits them alike. Figures are the median over the
-repetitions, with the spread (min..max) beside them. Peers that are not installed are
-skipped with a note.
+turns rep by rep so that a noisy machine hits them alike. Each timed epoch and pass comes
+right after an untimed one of the same peer: timed straight after another library, a peer
+paid for what that one left behind (PyTorch's OpenMP threads still spinning on the cores,
+its own threads asleep). On a 2-core Zen 4 that cost fastbp's MNIST-shaped training a
+third of its speed and PyTorch's a sixth (bench/results/README.md). Figures are the median
+over the repetitions, with the spread (min..max) beside them. Peers that are not installed
+are skipped with a note.
 
 The FMA peak comes from ``fastbp.kernels.peak``: vector FMA chains on one thread and on
 all threads at once, float32 and float64, measured before and after the models (the better
@@ -361,8 +365,10 @@ def bench_shape(name, rows_req, reps, peers, log, setups=SETUPS):
     infer_t = {p: [] for p in ready if ready[p][1] is not None}
     for _ in range(reps):
         for peer, (train_epoch, infer) in ready.items():
+            train_epoch()       # untimed: what the previous peer left behind is paid here
             train_t[peer].append(train_epoch())
             if infer is not None:
+                infer()
                 infer_t[peer].append(infer())
     for peer in ready:
         r = dict(train=rows / statistics.median(train_t[peer]),
@@ -563,7 +569,8 @@ def run(args, setups=SETUPS, log=print):
                   sgemm_gflops=sgemm, load_average_before=load_before, reps=args.reps,
                   quick=args.quick, rows_requested=args.rows, method=dict(
                       dtype="float32", optimizer="adam lr=1e-3", timed="full shuffled epochs "
-                      "and full forward passes after warm-up; peers interleaved rep by rep; "
+                      "and full forward passes after warm-up; peers interleaved rep by rep, each "
+                      "timed epoch and pass right after an untimed one of the same peer; "
                       "median of reps, spread = min..max",
                       flops_per_sample="training 6 * sum(n_in * n_out), inference "
                       "2 * sum(n_in * n_out)",

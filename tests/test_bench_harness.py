@@ -93,3 +93,30 @@ def test_sklearn_dropin_harness_runs(tmp_path):
     for r in report["results"]:
         assert set(r["fit_seconds"]) == {"fastbp", "sklearn"} and r["speedup"] > 0
         assert abs(r["accuracy_difference"]) <= 0.1
+
+
+def test_each_timed_repetition_follows_an_untimed_one_of_the_same_peer():
+    """A peer timed straight after another library paid for what that one left running:
+    every timed epoch and pass comes right after an untimed one of its own."""
+    from fastbp import benchmark
+    calls = []
+
+    def fake(peer):
+        def setup(sizes, bs, loss, X, y):
+            def run(kind):
+                def fn():
+                    calls.append((peer, kind))
+                    # untimed calls report a huge time: any that got timed would show
+                    return 1.0 if sum(c == (peer, kind) for c in calls) % 2 == 0 else 1e9
+                return fn
+            return run("train"), run("infer")
+        return setup
+
+    res = benchmark.bench_shape("narrow", 64, 3, ["a", "b"], lambda *a: None,
+                                setups={"a": fake("a"), "b": fake("b")})
+    rep = [("a", "train")] * 2 + [("a", "infer")] * 2 + [("b", "train")] * 2 + \
+        [("b", "infer")] * 2
+    assert calls == rep * 3
+    for peer in "ab":
+        assert res["peers"][peer]["train"] == res["rows"] / 1.0
+        assert res["peers"][peer]["infer"] == res["rows"] / 1.0
