@@ -14,7 +14,8 @@ every GEMM of a configuration.
 The full grid is sampled, not exhaustive: widths 16..2048, 1..6 hidden layers, batches
 16..1024 would be 9 x 6 x 7 = 378 runs; instead every width is crossed with every batch at
 depth 2, and every depth with every batch at widths 64 and 512 (112 configurations,
-about 6 minutes on 2 cores). ``--quick`` runs a dozen small configurations (~1 minute).
+about 12 minutes on 2 cores: every timed repetition follows an untimed one of the same
+library). ``--quick`` runs a dozen small configurations (~2 minutes).
 Rows per configuration are chosen so that an epoch is a fixed amount of work (capped at
 --rows), so wide layers do not take minutes.
 """
@@ -31,6 +32,8 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from compare import cpu_model, make_data, setup_fastbp, setup_torch, versions  # noqa: E402
+
+from fastbp.benchmark import interleaved_reps  # noqa: E402
 
 WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 DEPTHS = (1, 2, 3, 4, 6)
@@ -64,12 +67,9 @@ def run_config(sizes, batch, rows, reps):
     X, y = make_data(sizes, "cross_entropy", rows)
     peers = {"fastbp": setup_fastbp(sizes, batch, "cross_entropy", X, y),
              "torch": setup_torch(sizes, batch, "cross_entropy", X, y)}
-    train = {p: [] for p in peers}
-    infer = {p: [] for p in peers}
-    for _ in range(reps):          # interleaved repetitions: noise hits both alike
-        for p, (train_epoch, predict) in peers.items():
-            train[p].append(train_epoch())
-            infer[p].append(predict())
+    # Interleaved repetitions (noise hits both alike), each timed one right after an
+    # untimed one of the same peer (fastbp.benchmark's module docstring says why).
+    train, infer = interleaved_reps(peers, reps)
     return {p: (rows / statistics.median(train[p]), rows / statistics.median(infer[p]))
             for p in peers}
 

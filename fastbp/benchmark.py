@@ -341,6 +341,23 @@ def _spread(values):
     return [min(values), max(values)]
 
 
+def interleaved_reps(ready, reps):
+    """({peer: seconds of each timed training epoch}, {peer: seconds of each timed
+    inference pass}) of ``reps`` repetitions of every peer's (train_epoch, infer) in
+    ``ready`` (infer may be None), the peers taking turns rep by rep, each timed call
+    right after an untimed one of the same peer (see the module docstring)."""
+    train_t = {p: [] for p in ready}
+    infer_t = {p: [] for p in ready if ready[p][1] is not None}
+    for _ in range(reps):
+        for peer, (train_epoch, infer) in ready.items():
+            train_epoch()       # untimed: what the previous peer left behind is paid here
+            train_t[peer].append(train_epoch())
+            if infer is not None:
+                infer()
+                infer_t[peer].append(infer())
+    return train_t, infer_t
+
+
 def bench_shape(name, rows_req, reps, peers, log, setups=SETUPS):
     sizes, bs, loss = SHAPES[name]
     rows = rows_for(sizes, rows_req)
@@ -361,15 +378,7 @@ def bench_shape(name, rows_req, reps, peers, log, setups=SETUPS):
             msg = f"{peer} skipped: not installed ({e.name or e})"
             res["notes"].append(msg)
             log(f"  {msg}")
-    train_t = {p: [] for p in ready}
-    infer_t = {p: [] for p in ready if ready[p][1] is not None}
-    for _ in range(reps):
-        for peer, (train_epoch, infer) in ready.items():
-            train_epoch()       # untimed: what the previous peer left behind is paid here
-            train_t[peer].append(train_epoch())
-            if infer is not None:
-                infer()
-                infer_t[peer].append(infer())
+    train_t, infer_t = interleaved_reps(ready, reps)
     for peer in ready:
         r = dict(train=rows / statistics.median(train_t[peer]),
                  train_rep_sps=[rows / t for t in train_t[peer]])
