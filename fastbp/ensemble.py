@@ -9,7 +9,6 @@ write. Other engines run the members' chunks one after another. A member's numbe
 those of its own ``MLP.fit`` either way.
 """
 import copy
-import math
 import numbers
 import time
 import warnings
@@ -30,7 +29,7 @@ from .planning import class_weights, optimizer_state, plan_fit
 from .progress import Progress
 from .threads import get_num_threads
 from .training import (LocalChunks, batch_rows, chunk_batches, chunk_rates,
-                       deferred_interrupt)
+                       deferred_interrupt, epoch_sums)
 from .validation import (check_positive_int, check_sample_weight, check_targets, check_X)
 
 REDUCTIONS = ("mean", "median", "std")
@@ -395,16 +394,16 @@ class Ensemble:
 
     def _run_epoch(self, plans, sessions, active, perm, schedules, shared, per_member,
                    progress, interrupt):
-        """One epoch of every active member over ``perm``: ({member: (loss sum, metric
-        sum)}, members whose loss stopped being finite, each put back to its last finite
-        weights)."""
+        """One epoch of every active member over ``perm``: ({member that ran it all: (loss
+        sum, metric sum)}, as MLP.fit sums them (training.epoch_sums), members whose loss
+        stopped being finite, each put back to its last finite weights)."""
         plan0 = plans[0]
         n, bs, clip = plan0.X.shape[0], plan0.batch_size, plan0.clip_norm
         members = self.members
         engines = {k: members[k]._engine for k in active}
         snapshots = {k: engines[k].snapshot(sessions[k]) for k in active}
         out = {k: np.empty((-(-n // bs), 2)) for k in active}
-        sums = {k: [0.0, 0.0] for k in active}
+        loss_run = {k: 0.0 for k in active}   # running loss sums, for progress and callbacks
         running = list(active)
         bad = []
         start, chunk, b = 0, 0, 0
@@ -431,8 +430,7 @@ class Ensemble:
                 s = sessions[k]
                 s.step_done += d
                 rows = batch_rows(start, stop, bs, d)
-                sums[k][0] += float(out[k][b:b + d, 0] @ rows)
-                sums[k][1] += float(out[k][b:b + d, 1].sum())
+                loss_run[k] += float(out[k][b:b + d, 0] @ rows)
                 if d:
                     s.last_lr = float(lrs[k][d - 1])
                 if d < nb:
@@ -442,23 +440,19 @@ class Ensemble:
                     running.remove(k)
                     bad.append(k)
             chunk += 1
-            mean_loss = np.mean([sums[k][0] / stop for k in running]) if running else np.nan
+            mean_loss = np.mean([loss_run[k] / stop for k in running]) if running else np.nan
             progress.chunk(stop, mean_loss)
             for cb in shared:
                 cb.on_chunk_end(chunk, {"loss": np.array(
-                    [sums[k][0] / stop if k in running else np.nan
+                    [loss_run[k] / stop if k in running else np.nan
                      for k in range(self.n_models)])})
             for k in running:
                 for cb in per_member[k]:
-                    cb.on_chunk_end(chunk, {"loss": sums[k][0] / stop})
+                    cb.on_chunk_end(chunk, {"loss": loss_run[k] / stop})
             start, b = stop, b + nb
             if interrupt.requested:
                 raise KeyboardInterrupt
-        # Exact sums over the epoch's batches, as MLP.fit makes them (training.LocalChunks).
-        for k in running:
-            sums[k] = [math.fsum(out[k][:b, 0] * batch_rows(0, n, bs, b)),
-                       math.fsum(out[k][:b, 1])]
-        return sums, bad
+        return {k: epoch_sums(out[k], n, bs) for k in running}, bad
 
     # ---------------------------------------------------------------- inference
     def _reduce(self, stack, reduce):

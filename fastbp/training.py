@@ -91,6 +91,15 @@ def batch_rows(start, stop, batch_size, done):
     return rows
 
 
+def epoch_sums(out, n, batch_size):
+    """(loss sum, metric sum) of an epoch of ``n`` rows from its batches' [loss, metric
+    sum] rows in ``out``, each loss weighted by its batch's rows; summed exactly
+    (math.fsum), so the same whatever chunks the epoch ran in: their sizes follow the
+    clock, and a running sum's rounding followed them."""
+    rows = batch_rows(0, n, batch_size, out.shape[0])
+    return math.fsum(out[:, 0] * rows), math.fsum(out[:, 1])
+
+
 class Strategy:
     """How an epoch's batches become optimizer steps; see the module docstring."""
 
@@ -155,9 +164,7 @@ class LocalChunks(Strategy):
                 cb.on_chunk_end(chunk, {"loss": loss_sum / stop})
             start, b = stop, b + nb
             stop_if_interrupted(session)
-        # The epoch's sums exactly rounded, so the same whatever the chunks were: their
-        # sizes follow the clock, and a running sum's rounding followed them.
-        return (math.fsum(out[:, 0] * batch_rows(0, n, bs, b)), math.fsum(out[:, 1]), n)
+        return epoch_sums(out, n, bs) + (n,)
 
 
 def train(model, plan):
