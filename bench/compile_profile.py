@@ -13,6 +13,13 @@ Each measurement runs in a fresh Python process, so nothing compiled earlier hel
     python bench/compile_profile.py                  # float32, a [20, 64, 2] net
     python bench/compile_profile.py --dtype float64 --json bench/results/compile-DATE.json
     python bench/compile_profile.py --top 40         # more functions in the table
+    python bench/compile_profile.py --alone          # no background child: all the work
+
+By default the measured process runs as a user's does: its first fit starts the child
+that types the trainer's back half and compiles inference on another core
+(fastbp.precompile), so the table shows the fit's share of the work, and the kernels the
+child typed are loaded from the cache. ``--alone`` turns the child off, so every compile
+happens, and is listed, in the one process.
 
 The steps are cumulative in one process: "predict" costs only what "fit" did not already
 compile. Figures are wall seconds on this machine (its CPU model is printed); compare
@@ -108,6 +115,8 @@ def _functions(compile_events, llvm_events):
 def run_child(args, cache):
     env = dict(os.environ, FASTBP_CACHE_DIR=cache, PYTHONPATH=ROOT + os.pathsep +
                os.environ.get("PYTHONPATH", ""))
+    if args.alone:
+        env["FASTBP_BACKGROUND_COMPILE"] = "0"
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--dtype", args.dtype,
            "--rows", str(args.rows)]
     t = time.perf_counter()
@@ -146,6 +155,8 @@ def main(argv=None):
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json", help="write every figure here")
+    p.add_argument("--alone", action="store_true",
+                   help="no background compile child: every compile in the one process")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -162,6 +173,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(dict(cpu=cpu_model(), cpus=os.cpu_count(), numba=numba.__version__,
                            python=platform.python_version(), dtype=args.dtype,
+                           background_child=not args.alone,
                            date=time.strftime("%Y-%m-%d"), cold=cold, warm=warm), f,
                       indent=1)
     return 0

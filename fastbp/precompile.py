@@ -1,11 +1,15 @@
-"""Compiling inference in a second process while the first fit compiles training.
+"""A second process compiling while the first fit compiles: the trainer's back half, then
+inference.
 
 With an empty compile cache, a process's first fit spends most of its first seconds
-compiling the trainer, on one core. When the inference entries (prediction, evaluation)
-are not cached either, a child process compiles them on another core meanwhile and
-fills the same on-disk cache; the first ``predict`` waits for the child if it is still
-running and then loads them. Compiled code does not depend on which process compiled
-it, so the numbers are the same either way; the child only saves time.
+compiling the trainer, on one core. When neither the trainer nor the inference entries
+(prediction, evaluation) are cached, a child process uses another core meanwhile and fills
+the same on-disk cache: it types the trainer's kernels from the last the fit reaches
+backwards until it meets the fit (fastbp.compile_plan), so the fit loads those from the
+cache, then compiles inference, whose forward pass it mostly finds cached by the fit. The
+first ``predict`` waits for the child if it is still running and then loads its entries.
+Compiled code does not depend on which process compiled it (kernels.jit), so the numbers
+are the same either way; the child only saves time.
 
 It runs only where it can help: a cold cache, at least two threads for fastbp, and not
 when ``FASTBP_BACKGROUND_COMPILE=0``.
@@ -56,7 +60,8 @@ def start(dtype):
             _children[dtype] = None
             return
         # Niced: on a machine whose cores are all busy it takes only what the fit leaves.
-        code = (f"import os; os.nice(10); from fastbp.warmup import compile_inference; "
+        code = (f"import os; os.nice(10); from fastbp.compile_plan import compile_back; "
+                f"compile_back({dtype!r}); from fastbp.warmup import compile_inference; "
                 f"compile_inference({dtype!r})")
         try:
             _children[dtype] = subprocess.Popen(

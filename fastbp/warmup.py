@@ -10,18 +10,11 @@ def warmup(dtypes=("float32",), verbose=False):
     Kernels are compiled for the dtype, not for shapes or codes, so one tiny model per
     dtype covers every architecture, activation, loss and optimizer.
     """
-    from .model import MLP
     if isinstance(dtypes, str):
         dtypes = (dtypes,)
     t0 = time.perf_counter()
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(8, 3))
-    y = np.arange(8) % 2
     for dtype in dtypes:
-        # The optimizer, like the activation and the loss, is a runtime code: one fit
-        # compiles the update of every optimizer.
-        net = MLP([3, 4, 2], dtype=dtype, device="cpu")
-        net.fit(X, y, epochs=1, batch_size=4, verbose=0)
+        net, X, y = fit_once(dtype)
         net.predict(X)
         net.evaluate(X, y)
         net.loss_and_grads(X, y)
@@ -30,6 +23,18 @@ def warmup(dtypes=("float32",), verbose=False):
     if verbose:
         print(f"fastbp warmup: {dt:.2f} s for {list(dtypes)}")
     return dt
+
+
+def fit_once(dtype):
+    """The smallest fit: it compiles the whole trainer for ``dtype``. The optimizer, like
+    the activation and the loss, is a runtime code, so one fit compiles the update of
+    every optimizer. Returns the model and its data."""
+    from .model import MLP
+    X = np.random.default_rng(0).normal(size=(8, 3))
+    y = np.arange(8) % 2
+    net = MLP([3, 4, 2], dtype=dtype, device="cpu")
+    net.fit(X, y, epochs=1, batch_size=4, verbose=0)
+    return net, X, y
 
 
 def compile_inference(dtype):

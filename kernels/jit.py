@@ -19,6 +19,14 @@ roles instead:
     What Python calls: optimised and compiled to machine code, cached on disk with
     everything it calls (``cache_dir``).
 
+Kernels are cached too, as the typed, unoptimised IR of their whole call tree (LLVM
+bitcode), so an entry compiled later, or in another process, takes a kernel from the cache
+instead of typing and lowering it again: inference and training share most of the forward
+pass, and fastbp.precompile's child fills the cache with the trainer's back half while the
+fit types its front half. A kernel's symbol names depend only on its source, not on the
+process that compiled it (``_stable_uid``), so an entry gets the same IR, and the same
+machine code, whichever process typed each kernel.
+
 Both keep Numba's semantics: the same IR reaches LLVM with the same flags, so results do
 not depend on this module. Where Numba's internals differ from what this module expects
 (another Numba release), ``kernel`` falls back to a plain cached ``njit`` function
@@ -48,6 +56,8 @@ def _sources_digest():
             with open(os.path.join(_PACKAGE_DIR, name), "rb") as f:
                 h.update(name.encode() + b"\0" + f.read())
     h.update(f"numba {numba.__version__} {sys.version_info[:2]}".encode())
+    # The one setting that changes compiled code without changing the CPU Numba keys on.
+    h.update(f"simd {os.environ.get('FASTBP_SIMD_BYTES', '')}".encode())
     return h.hexdigest()
 
 
@@ -114,6 +124,14 @@ class _PlainArgs:
         return super().get_call_template(args, kws)
 
 
+def _stable_uid(func_id):
+    """A kernel's part of its symbol names: Numba numbers functions in the order a process
+    compiles them, which would give one kernel typed in two processes two names, and an
+    entry linking both two copies of it."""
+    key = f"{func_id.modname}.{func_id.func_qualname}:{func_id.firstlineno}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16)
+
+
 class EntryDispatcher(_PlainArgs, CPUDispatcher):
     """A Python-callable compiled function cached in ``cache_dir()``."""
 
@@ -135,6 +153,8 @@ def entry(func=None, cache=True, **options):
 
 
 try:   # Numba's compiler internals, as of the releases this was written against
+    import llvmlite.binding as llvm
+    from numba.core import compiler
     from numba.core.codegen import JITCodeLibrary
     from numba.core.compiler import CompilerBase, DefaultPassBuilder
     from numba.core.compiler_machinery import LoweringPass, register_pass
@@ -164,7 +184,19 @@ try:   # Numba's compiler internals, as of the releases this was written against
             self._finalized = True
 
         def serialize_using_object_code(self):
-            raise TypeError("link-only kernels are not cached on their own")
+            raise TypeError("link-only kernels are cached as IR (_KernelCacheImpl)")
+
+        def serialize_ir(self):
+            """The kernel with its callees linked in, as bitcode (what callers link)."""
+            self._ensure_finalized()
+            return self._final_module.as_bitcode()
+
+        @classmethod
+        def from_ir(cls, codegen, name, bitcode):
+            self = cls(codegen, name)
+            self._final_module = llvm.parse_bitcode(bitcode)
+            self._finalized = True
+            return self
 
     class _NoEnvCodegen:
         """The library's codegen, minus ``set_env``: a kernel's environment (used only to
@@ -190,7 +222,39 @@ try:   # Numba's compiler internals, as of the releases this was written against
         def run_pass(self, state):
             state.library = LinkOnlyLibrary(state.targetctx.codegen(),
                                             state.func_id.func_qualname)
+            for func_id in {id(f): f for f in (state.func_id, state.func_ir.func_id)}.values():
+                func_id.unique_id = _stable_uid(func_id)
+                func_id.unique_name = f"{func_id.func_qualname}${func_id.unique_id}"
             return True
+
+    class _KernelCacheImpl(caching.CompileResultCacheImpl):
+        """A kernel's compile result with its library as IR: what Numba's own cache
+        keeps for an entry, less the machine code a kernel never has."""
+        _locator_classes = _EntryCacheImpl._locator_classes
+
+        def reduce(self, cres):
+            fndesc = cres.fndesc
+            fndesc.typemap = fndesc.calltypes = None   # as Numba does: not needed, large
+            return (cres.library.name, cres.library.serialize_ir(), fndesc,
+                    cres.environment, cres.signature, str(cres.type_annotation),
+                    cres.reload_init)
+
+        def rebuild(self, target_context, payload):
+            name, bitcode, fndesc, env, signature, typeann, reload_init = payload
+            for fn in reload_init or ():
+                fn()
+            library = LinkOnlyLibrary.from_ir(target_context.codegen(), name, bitcode)
+            return compiler.CompileResult(
+                target_context=target_context,
+                typing_context=target_context.typing_context, library=library,
+                environment=env, fndesc=fndesc, type_annotation=typeann,
+                entry_point=target_context.get_executable(library, fndesc, env),
+                signature=signature, objectmode=False, lifted=(), typing_error=None,
+                call_helper=None, metadata=None, reload_init=reload_init,
+                referenced_envs=())
+
+    class _KernelCache(caching.FunctionCache):
+        _impl_class = _KernelCacheImpl
 
     class KernelCompiler(CompilerBase):
         """Numba's nopython pipeline with a link-only library under the lowering."""
@@ -204,18 +268,25 @@ try:   # Numba's compiler internals, as of the releases this was written against
             return [pm]
 
     LINK_ONLY = os.environ.get("FASTBP_LINK_ONLY", "1") != "0"
+    KERNEL_CACHE = os.environ.get("FASTBP_KERNEL_CACHE", "1") != "0"
 except (ImportError, AttributeError):   # pragma: no cover - another Numba release
-    KernelCompiler = None
-    LINK_ONLY = False
+    KernelCompiler = _KernelCache = None
+    LINK_ONLY = KERNEL_CACHE = False
 
 
 class KernelDispatcher(_PlainArgs, CPUDispatcher):
     """A kernel: compiled into the entries that call it, never called from Python."""
 
+    def enable_caching(self):
+        self._cache = _KernelCache(self.py_func)
+
     def __call__(self, *args, **kwargs):
         raise TypeError(f"{self.py_func.__qualname__} is a kernel, compiled only into the "
                         f"entry points that call it; call it from @njit code, or make a "
                         f"callable copy with fastbp.kernels.jit.entry_for")
+
+
+KERNELS = {}   # (module, qualname) -> every kernel made in this process, clones included
 
 
 def kernel(func=None, **options):
@@ -225,11 +296,15 @@ def kernel(func=None, **options):
 
     def wrap(f):
         if LINK_ONLY:
-            return KernelDispatcher(py_func=f, locals={}, targetoptions=opts,
-                                    pipeline_class=KernelCompiler)
-        # Fallback: an ordinary cached function (it keeps its Python wrapper).
-        del opts["no_cpython_wrapper"], opts["no_cfunc_wrapper"]
-        return entry(f, **opts)
+            d = KernelDispatcher(py_func=f, locals={}, targetoptions=opts,
+                                 pipeline_class=KernelCompiler)
+            if KERNEL_CACHE:
+                d.enable_caching()
+        else:   # Fallback: an ordinary cached function (it keeps its Python wrapper).
+            del opts["no_cpython_wrapper"], opts["no_cfunc_wrapper"]
+            d = entry(f, **opts)
+        KERNELS[f.__module__, f.__qualname__] = d
+        return d
     return wrap if func is None else wrap(func)
 
 

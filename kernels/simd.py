@@ -24,7 +24,7 @@ from numba.extending import intrinsic, register_model
 
 def _vector_bytes():
     # FASTBP_SIMD_BYTES=32 forces the narrower vectors (the tests run both widths on one
-    # machine; numba's cache is keyed by CPU, not by this, so use a separate cache dir).
+    # machine; fastbp's cache key holds it, kernels.jit, Numba's own does not).
     forced = os.environ.get("FASTBP_SIMD_BYTES")
     if forced in ("32", "64"):
         return int(forced)

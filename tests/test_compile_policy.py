@@ -1,6 +1,7 @@
 """How kernels compile (kernels.jit): once per signature, only inside entry points, cached
 with every kernel source in the key; and the first run's background compile of inference
 (fastbp.precompile), which must change no number."""
+import json
 import os
 import subprocess
 import sys
@@ -102,3 +103,41 @@ def test_device_auto_without_a_cuda_driver_does_not_import_numba_cuda():
         has_numba_cuda = False
     assert loadable == "True"
     assert device == ("cuda" if has_numba_cuda else "cpu")
+
+
+PLAN_SCRIPT = r"""
+import hashlib, json, sys
+import numpy as np
+from fastbp import compile_plan
+if sys.argv[1] == "type":
+    print("TYPED", compile_plan.compile_back("float32", meet=False))
+else:
+    plan, net = compile_plan.record_here("float32")
+    print("PLAN", json.dumps(plan))
+    print("WEIGHTS", hashlib.sha256(b"".join(
+        np.ascontiguousarray(w).tobytes() for w in net.get_weights())).hexdigest())
+"""
+
+
+def _plan_run(cache, step):
+    env = dict(os.environ, FASTBP_CACHE_DIR=str(cache), FASTBP_BACKGROUND_COMPILE="0",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", PLAN_SCRIPT, step], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return dict(line.split(" ", 1) for line in res.stdout.splitlines())
+
+
+def test_kernels_typed_in_another_process_change_no_bit_and_the_plan_is_current(tmp_path):
+    """A cold fit types every kernel of the trainer, in the order the shipped plan lists
+    them. With every kernel typed beforehand by another process (the plan walked without
+    stopping), a cold fit types none and ends with the same weights, bit for bit."""
+    from fastbp.compile_plan import PLAN_FILE
+    alone = _plan_run(tmp_path / "alone", "fit")
+    with open(PLAN_FILE) as f:
+        shipped = json.load(f)["float32"]
+    assert json.loads(alone["PLAN"]) == shipped, "stale plan: python -m fastbp.compile_plan"
+    assert int(_plan_run(tmp_path / "split", "type")["TYPED"]) > 0
+    split = _plan_run(tmp_path / "split", "fit")
+    assert json.loads(split["PLAN"]) == []
+    assert split["WEIGHTS"] == alone["WEIGHTS"]
