@@ -111,6 +111,14 @@ import numpy as np
 from fastbp import compile_plan
 if sys.argv[1] == "type":
     print("TYPED", compile_plan.compile_back("float32", meet=False))
+elif sys.argv[1] == "front":   # what a fit has typed when it finishes its forward pass
+    plan = compile_plan.load("float32")
+    kern, sig = next(p for p in plan if p[0].py_func.__name__ == "forward_rows")
+    kern.compile(sig)
+elif sys.argv[1] == "meet":
+    plan = compile_plan.load("float32")
+    print("TYPED", compile_plan.compile_back("float32"))
+    print("UNTYPED", json.dumps([k.py_func.__name__ for k, s in plan if s not in k.overloads]))
 else:
     plan, net = compile_plan.record_here("float32")
     print("PLAN", json.dumps(plan))
@@ -141,3 +149,16 @@ def test_kernels_typed_in_another_process_change_no_bit_and_the_plan_is_current(
     split = _plan_run(tmp_path / "split", "fit")
     assert json.loads(split["PLAN"]) == []
     assert split["WEIGHTS"] == alone["WEIGHTS"]
+
+
+def test_the_child_types_the_trainer_from_its_end_and_stops_where_the_fit_has_been(tmp_path):
+    """With the forward pass cached (as when the fit has typed it), the child types the
+    kernels a fit reaches after it, loads the first kernel of the forward pass it comes
+    to, and stops there: the kernels the fit reaches first (its root, the forward pass's
+    parent) it leaves to the fit."""
+    _plan_run(tmp_path, "front")
+    meet = _plan_run(tmp_path, "meet")
+    untyped = json.loads(meet["UNTYPED"])
+    assert int(meet["TYPED"]) > 0
+    assert "backward_rows" not in untyped
+    assert {"chunk_steps", "slice_loss_grad"} <= set(untyped)
