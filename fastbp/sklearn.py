@@ -531,7 +531,7 @@ class _BaseMLP(BaseEstimator):
         if self.alpha:
             model._engine_sync()
             wts = model._params[self._weight_mask()].astype(np.float64)
-            penalty = 0.5 * float(self.alpha) * float(wts @ wts) * run.n_batches / run.n
+            penalty = 0.5 * float(self.alpha) * float(np.square(wts).sum()) * run.n_batches / run.n
         loss = self._loss_value(fastbp_loss) + penalty
         self.n_iter_ += 1
         self.loss_ = loss
