@@ -162,7 +162,8 @@ def check_in_sync(coll, params, epoch):
     """Collective: every rank's parameters must be bitwise identical to rank 0's."""
     p = params.astype(np.float64, copy=False)
     idx = np.arange(1, p.size + 1, dtype=np.float64)
-    sums = coll.allgather((float(p.sum()), float(p @ idx)))
+    # Not a BLAS dot: OpenBLAS's threads would spin on the other ranks' cores afterwards.
+    sums = coll.allgather((float(p.sum()), float((p * idx).sum())))
     if any(s != sums[0] for s in sums):
         raise DistributedError(f"weights drifted apart across ranks after epoch {epoch} "
                                f"(checksums {sums}); a rank applied a different update")
