@@ -350,6 +350,7 @@ class CPUEngine(Engine):
         order[start:stop], in blocks of ``block_rows`` (kernels.cpu.train_chunk with
         GRADIENT_ONLY); losses[k] receives block k's [loss, metric sum]."""
         m, lay = self.net, self.net.layout
+        precompile.start(m.dtype)   # the trainer's entry, as a fit's (L-BFGS's first call)
         n_blocks = -(-(stop - start) // block_rows)
         size = team_size(min(block_rows, stop - start), n_blocks, ws.n_threads,
                          3 * forward_macs(lay))
