@@ -96,6 +96,9 @@ def compile_back(dtype, meet=True):
     """Type the plan's kernels from the last a fit reaches to the first. With ``meet``,
     stop at the first kernel found in the cache: the fit has typed it and every kernel it
     reaches before it. Returns how many kernels this process typed."""
+    from .kernels import jit
+    if jit.LINK_ONLY and not jit.KERNEL_CACHE:   # nothing typed here would reach the fit
+        return 0
     typed = 0
     for kern, sig in reversed(load(dtype)):
         if sig in kern.overloads:   # typed here already, inside a kernel that calls it

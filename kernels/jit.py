@@ -25,7 +25,8 @@ instead of typing and lowering it again: inference and training share most of th
 pass, and fastbp.precompile's child fills the cache with the trainer's back half while the
 fit types its front half. A kernel's symbol names depend only on its source, not on the
 process that compiled it (``_stable_uid``), so an entry gets the same IR, and the same
-machine code, whichever process typed each kernel.
+machine code, whichever process typed each kernel. ``FASTBP_KERNEL_CACHE=0`` turns the
+kernels' cache off (entries are still cached).
 
 Both keep Numba's semantics: the same IR reaches LLVM with the same flags, so results do
 not depend on this module. Where Numba's internals differ from what this module expects
