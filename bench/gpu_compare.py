@@ -40,6 +40,7 @@ if HERE not in sys.path:
 
 from compare import (fastbp_timers, make_data, train_flops_per_sample,  # noqa: E402
                      versions)
+from fastbp.benchmark import interleaved_reps  # noqa: E402
 
 GPU_SHAPES = {
     # name: (layer sizes, batch size, loss, rows, epochs per timed fit)
@@ -150,15 +151,6 @@ def setup_torch(sizes, bs, loss, X, y, epochs):
     return train, infer, None
 
 
-def interleaved(fns, reps):
-    """Median seconds of each fn, the repetitions interleaved."""
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            times[k].append(fn())
-    return {k: statistics.median(v) for k, v in times.items()}, times
-
-
 def bench_shape(name, reps, epochs_override):
     sizes, bs, loss, rows, epochs = GPU_SHAPES[name]
     epochs = epochs_override or epochs
@@ -168,8 +160,12 @@ def bench_shape(name, reps, epochs_override):
         peers["torch"] = setup_torch(sizes, bs, loss, X, y, epochs)
     except ImportError as e:
         print(f"  torch skipped: not installed ({e})")
-    train_med, train_all = interleaved({k: v[0] for k, v in peers.items()}, reps)
-    infer_med, infer_all = interleaved({k: v[1] for k, v in peers.items()}, reps)
+    # The peers take turns, each timed call after an untimed one of the same peer (the
+    # CPU harness's rule: what the previous peer left running is paid untimed).
+    train_all, infer_all = interleaved_reps({k: (v[0], v[1]) for k, v in peers.items()},
+                                            reps)
+    train_med = {k: statistics.median(v) for k, v in train_all.items()}
+    infer_med = {k: statistics.median(v) for k, v in infer_all.items()}
     net = peers["fastbp"][2]
     res = dict(sizes=sizes, batch_size=bs, loss=loss, rows=rows, epochs=epochs,
                flops_per_sample=train_flops_per_sample(sizes),
