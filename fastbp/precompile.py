@@ -11,6 +11,10 @@ first ``predict`` waits for the child if it is still running and then loads its 
 Compiled code does not depend on which process compiled it (kernels.jit), so the numbers
 are the same either way; the child only saves time.
 
+A first prediction with no fit before it (a model loaded in a fresh environment) gets a
+helper too: it types the forward pass's kernels from the last the prediction reaches
+backwards while the prediction types the first ones, and nobody waits for it.
+
 It runs only where it can help: a cold cache, at least two threads for fastbp, and not
 when ``FASTBP_BACKGROUND_COMPILE=0``.
 """
@@ -22,6 +26,7 @@ import threading
 from .threads import get_num_threads
 
 _children = {}          # dtype name -> Popen
+_helpers = {}           # dtype -> Popen or None: a first prediction's helper
 _lock = threading.Lock()
 WAIT_SECONDS = 120      # the longest a predict waits for the child before compiling itself
 
@@ -46,12 +51,46 @@ def _cached(dispatcher, dtype):
     return any(of_dtype(key[0]) and key[1] == magic for key in index)
 
 
+def _enabled():
+    return os.environ.get("FASTBP_BACKGROUND_COMPILE", "1") != "0" and get_num_threads() >= 2
+
+
+def _spawn(code):
+    """A niced child running ``code``: on a machine whose cores are all busy it takes only
+    what the parent leaves."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", "import os; os.nice(10); " + code],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=_child_env())
+    except OSError:
+        return None
+
+
+def start_predict(dtype):
+    """Called as a prediction begins: where nothing has compiled inference for ``dtype``
+    yet (no fit's child, nothing cached), start a helper that types the forward pass from
+    its end. Once per dtype and process; every later call returns at once."""
+    if dtype in _helpers:   # every prediction asks: keyed by the dtype as given (str() of a
+        return              # NumPy dtype alone costs 3 us, a quarter of a one-row predict)
+    from .kernels import cpu
+    name = str(dtype)
+    with _lock:
+        if dtype in _helpers:
+            return
+        if not _enabled() or name in _children or _cached(cpu.forward_tiles, name):
+            _helpers[dtype] = None
+            return
+        _helpers[dtype] = _spawn(f"from fastbp.compile_plan import compile_back; "
+                                 f"compile_back({name!r}, 'predict')")
+
+
 def start(dtype):
     """Called as a fit begins: start the child that compiles inference for ``dtype`` when
     neither training nor inference is cached (a first run) and a core is free for it."""
     from .kernels import cpu
     dtype = str(dtype)
-    if os.environ.get("FASTBP_BACKGROUND_COMPILE", "1") == "0" or get_num_threads() < 2:
+    if not _enabled():
         return
     with _lock:
         if dtype in _children:
@@ -59,16 +98,9 @@ def start(dtype):
         if _cached(cpu.train_chunk, dtype) or _cached(cpu.forward_tiles, dtype):
             _children[dtype] = None
             return
-        # Niced: on a machine whose cores are all busy it takes only what the fit leaves.
-        code = (f"import os; os.nice(10); from fastbp.compile_plan import compile_back; "
-                f"compile_back({dtype!r}); from fastbp.warmup import compile_inference; "
-                f"compile_inference({dtype!r})")
-        try:
-            _children[dtype] = subprocess.Popen(
-                [sys.executable, "-c", code], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_child_env())
-        except OSError:
-            _children[dtype] = None
+        _children[dtype] = _spawn(
+            f"from fastbp.compile_plan import compile_back; compile_back({dtype!r}); "
+            f"from fastbp.warmup import compile_inference; compile_inference({dtype!r})")
 
 
 def _child_env():

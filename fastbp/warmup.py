@@ -37,6 +37,14 @@ def fit_once(dtype):
     return net, X, y
 
 
+def predict_once(dtype):
+    """The smallest prediction: it compiles the forward pass for ``dtype``. Returns the
+    model and its prediction."""
+    from .model import MLP
+    net = MLP([3, 4, 2], dtype=dtype, device="cpu")
+    return net, net.predict_proba(np.random.default_rng(0).normal(size=(8, 3)))
+
+
 def compile_inference(dtype):
     """In fastbp.precompile's child: one tiny predict and evaluate, the calls whose entries
     the parent will need (the same argument types as a fit's data and model)."""

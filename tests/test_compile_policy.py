@@ -109,46 +109,50 @@ PLAN_SCRIPT = r"""
 import hashlib, json, sys
 import numpy as np
 from fastbp import compile_plan
-if sys.argv[1] == "type":
-    print("TYPED", compile_plan.compile_back("float32", meet=False))
-elif sys.argv[1] == "front":   # what a fit has typed when it finishes its forward pass
+step, role = sys.argv[1], sys.argv[2]
+if step == "type":
+    print("TYPED", compile_plan.compile_back("float32", role, meet=False))
+elif step == "front":   # what a fit has typed when it finishes its forward pass
     plan = compile_plan.load("float32")
     kern, sig = next(p for p in plan if p[0].py_func.__name__ == "forward_rows")
     kern.compile(sig)
-elif sys.argv[1] == "meet":
+elif step == "meet":
     plan = compile_plan.load("float32")
     print("TYPED", compile_plan.compile_back("float32"))
     print("UNTYPED", json.dumps([k.py_func.__name__ for k, s in plan if s not in k.overloads]))
 else:
-    plan, net = compile_plan.record_here("float32")
+    plan, net, out = compile_plan.record_here("float32", role)
     print("PLAN", json.dumps(plan))
-    print("WEIGHTS", hashlib.sha256(b"".join(
-        np.ascontiguousarray(w).tobytes() for w in net.get_weights())).hexdigest())
+    print("RESULT", hashlib.sha256(b"".join(
+        np.ascontiguousarray(a).tobytes() for a in out)).hexdigest())
 """
 
 
-def _plan_run(cache, step):
+def _plan_run(cache, step, role="train"):
     env = dict(os.environ, FASTBP_CACHE_DIR=str(cache), FASTBP_BACKGROUND_COMPILE="0",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", PLAN_SCRIPT, step], env=env,
+    res = subprocess.run([sys.executable, "-c", PLAN_SCRIPT, step, role], env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return dict(line.split(" ", 1) for line in res.stdout.splitlines())
 
 
-def test_kernels_typed_in_another_process_change_no_bit_and_the_plan_is_current(tmp_path):
-    """A cold fit types every kernel of the trainer, in the order the shipped plan lists
-    them. With every kernel typed beforehand by another process (the plan walked without
-    stopping), a cold fit types none and ends with the same weights, bit for bit."""
+@pytest.mark.parametrize("role", ["train", "predict"])
+def test_kernels_typed_in_another_process_change_no_bit_and_the_plan_is_current(tmp_path,
+                                                                                 role):
+    """A cold fit (a cold prediction) types every kernel of the trainer (the forward pass),
+    in the order the shipped plan lists them. With every kernel typed beforehand by
+    another process (the plan walked without stopping), a cold call types none and ends
+    with the same weights (the same prediction), bit for bit."""
     from fastbp.compile_plan import PLAN_FILE
-    alone = _plan_run(tmp_path / "alone", "fit")
+    alone = _plan_run(tmp_path / "alone", "call", role)
     with open(PLAN_FILE) as f:
-        shipped = json.load(f)["float32"]
+        shipped = json.load(f)[role]["float32"]
     assert json.loads(alone["PLAN"]) == shipped, "stale plan: python -m fastbp.compile_plan"
-    assert int(_plan_run(tmp_path / "split", "type")["TYPED"]) > 0
-    split = _plan_run(tmp_path / "split", "fit")
+    assert int(_plan_run(tmp_path / "split", "type", role)["TYPED"]) > 0
+    split = _plan_run(tmp_path / "split", "call", role)
     assert json.loads(split["PLAN"]) == []
-    assert split["WEIGHTS"] == alone["WEIGHTS"]
+    assert split["RESULT"] == alone["RESULT"]
 
 
 def test_the_child_types_the_trainer_from_its_end_and_stops_where_the_fit_has_been(tmp_path):
@@ -162,3 +166,35 @@ def test_the_child_types_the_trainer_from_its_end_and_stops_where_the_fit_has_be
     assert int(meet["TYPED"]) > 0
     assert "backward_rows" not in untyped
     assert {"chunk_steps", "slice_loss_grad"} <= set(untyped)
+
+
+PREDICT_SCRIPT = r"""
+import numpy as np
+import fastbp
+from fastbp import precompile
+net = fastbp.MLP([6, 8, 2], seed=0, device="cpu")
+X = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+p = net.predict_proba(X)
+helper = precompile._helpers.get(np.dtype("float32"))
+if helper is not None:
+    helper.wait(timeout=300)
+print("HELPER", helper is not None)
+print("PROBA", p.tobytes().hex())
+"""
+
+
+def test_a_first_prediction_without_a_fit_gets_a_helper_only_while_nothing_is_cached(
+        tmp_path):
+    """Empty cache, no fit: the prediction starts a helper typing the forward pass from its
+    end. The next process finds it cached, starts none, and predicts the same bits."""
+    env = dict(os.environ, FASTBP_CACHE_DIR=str(tmp_path), FASTBP_NUM_THREADS="2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("FASTBP_BACKGROUND_COMPILE", None)
+    runs = []
+    for _ in range(2):
+        res = subprocess.run([sys.executable, "-c", PREDICT_SCRIPT], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs.append(dict(line.split(" ", 1) for line in res.stdout.splitlines()))
+    assert runs[0]["HELPER"] == "True" and runs[1]["HELPER"] == "False"
+    assert runs[0]["PROBA"] == runs[1]["PROBA"]

@@ -374,6 +374,7 @@ class CPUEngine(Engine):
         more than a small prediction. ``check``: X is checked for NaN/inf tile by tile
         while the pass reads it, and DataError raised after."""
         m, lay = self.net, self.net.layout
+        precompile.start_predict(m.dtype)
         precompile.wait(m.dtype)
         n = X.shape[0]
         block_rows, tile_rows, macs = self._forward_plan(n_layers)
