@@ -78,7 +78,8 @@ def start_predict(dtype):
     with _lock:
         if dtype in _helpers:
             return
-        if not _enabled() or name in _children or _cached(cpu.forward_tiles, name):
+        if not _enabled() or _children.get(name) is not None or \
+                _cached(cpu.forward_tiles, name):
             _helpers[dtype] = None
             return
         _helpers[dtype] = _spawn(f"from fastbp.compile_plan import compile_back; "
@@ -86,8 +87,10 @@ def start_predict(dtype):
 
 
 def start(dtype):
-    """Called as a fit begins: start the child that compiles inference for ``dtype`` when
-    neither training nor inference is cached (a first run) and a core is free for it."""
+    """Called as a fit begins: where the trainer for ``dtype`` is not cached (a first fit)
+    and a core is free, start the child that types the trainer's back half, then compiles
+    inference. (Where the trainer is cached, so are its kernels, and inference compiles
+    from them in about a second.)"""
     from .kernels import cpu
     dtype = str(dtype)
     if not _enabled():
@@ -95,7 +98,7 @@ def start(dtype):
     with _lock:
         if dtype in _children:
             return
-        if _cached(cpu.train_chunk, dtype) or _cached(cpu.forward_tiles, dtype):
+        if _cached(cpu.train_chunk, dtype):
             _children[dtype] = None
             return
         _children[dtype] = _spawn(
