@@ -12,6 +12,8 @@ import numpy as np
 from sklearn.base import clone, is_classifier
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import ParameterGrid, check_cv
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 
 from .callbacks import EarlyStopping
@@ -71,10 +73,16 @@ class MLPSearchCV:
       row count (``MLP.fit``'s sample-weight rule), so steps are about that much smaller;
     * the training loss that ``tol`` and ``n_iter_no_change`` judge is scaled the same
       way;
-    * member k starts from ``random_state + k`` (members must differ in seed), and every
-      member follows the ensemble's one shuffled order;
-    * ``early_stopping=True``, an optimizer object or multilabel targets fall back to one
-      ordinary fit per point and fold, as GridSearchCV does.
+    * member k starts from the weights the estimator draws with ``random_state + k``
+      (members must differ in seed), and every member follows the ensemble's one
+      shuffled order;
+    * ``solver="lbfgs"``, sgd with an ``invscaling`` or ``adaptive`` rate,
+      ``early_stopping=True``, an optimizer object, a Poisson loss, multilabel or
+      single-class targets fall back to one ordinary fit per point and fold, as
+      GridSearchCV does.
+
+    Each member's optimizer is the one the estimator would make for its point: the same
+    rate, weight decay, betas, epsilon and momentum, in fastbp's loss scale.
 
     ``refit=True`` fits ``best_estimator_`` on all rows with the best parameters, an
     ordinary fit.
@@ -148,10 +156,19 @@ class MLPSearchCV:
         return self
 
     def _can_share(self, est, y):
+        """Whether the estimator's fits can be ensemble members: a stochastic solver given
+        by name with a constant rate, no early stopping, targets of one or several classes
+        (at least two) or a regression loss other than Poisson."""
         p = est.get_params()
-        multilabel = is_classifier(est) and type_of_target(y) == "multilabel-indicator"
-        return not (p.get("early_stopping") or not isinstance(p.get("optimizer"), str)
-                    or multilabel)
+        solver = p.get("optimizer") or p.get("solver")
+        if p.get("early_stopping") or not isinstance(solver, str) or \
+                solver.lower() not in OPTIMIZERS or solver.lower() == "lbfgs":
+            return False
+        if solver.lower() == "sgd" and p.get("learning_rate", "constant") != "constant":
+            return False   # invscaling and adaptive follow each fit's own epochs
+        if is_classifier(est):
+            return type_of_target(y) in ("binary", "multiclass") and len(np.unique(y)) > 1
+        return _REGRESSION_LOSSES.get(p.get("loss")) not in (None, "poisson")
 
     def _scorer(self, est):
         return check_scoring(est, scoring=self.scoring)
@@ -171,23 +188,31 @@ class MLPSearchCV:
     def _fit_ensemble(self, est, grid, members, folds, X, y, scores, fit_times,
                       score_times):
         """Every point of ``members`` times every fold as one Ensemble."""
+        from .sklearn import _glorot, grad_scale
         p = est.get_params()
         classifier = is_classifier(est)
         n = X.shape[0]
-        X = np.require(X, dtype=np.dtype(p["dtype"]), requirements=["C", "W"])
+        # The estimator's dtype: its own, else X's (float32 or float64).
+        dtype = np.dtype(p["dtype"]) if p["dtype"] is not None else \
+            X.dtype if X.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        X = np.require(X, dtype=dtype, requirements=["C", "W"])
+        binarizer = None
         if classifier:
-            classes = np.unique(y)
-            if len(classes) < 2:
-                raise ValueError("the data contains only one class")
-            Y = np.searchsorted(classes, y).astype(np.int64)
-            n_out, loss = len(classes), "cross_entropy"
+            # The estimator's output layer: one logistic unit for two classes, softmax
+            # over the classes for more.
+            binarizer = LabelBinarizer().fit(y)
+            T = binarizer.transform(y)
+            if binarizer.y_type_ == "multiclass":
+                loss, n_out, Y = "cross_entropy", T.shape[1], T.argmax(axis=1)
+            else:
+                loss, n_out, Y = "binary_cross_entropy", 1, T.astype(dtype)
         else:
-            Y = np.asarray(y, dtype=np.dtype(p["dtype"]))
+            Y = np.asarray(y, dtype=dtype)
             n_out = 1 if Y.ndim == 1 else Y.shape[1]
             Y = Y.reshape(n, n_out)
-            if p["loss"] not in _REGRESSION_LOSSES:
-                raise ValueError(f"loss {p['loss']!r} is not supported")
             loss = _REGRESSION_LOSSES[p["loss"]]
+        c = grad_scale(loss, n_out)
+        solver = (p["optimizer"] or p["solver"]).lower()
         hidden = p["hidden_layer_sizes"]
         hidden = [hidden] if isinstance(hidden, numbers.Integral) else list(hidden)
         if p["activation"] not in _ACTIVATIONS:
@@ -204,15 +229,22 @@ class MLPSearchCV:
         for j, i in enumerate(members):
             point = dict(p, **grid[i])
             for f, (train, _) in enumerate(folds):
-                lrs[j * F + f] = float(point["learning_rate_init"])
-                decays[j * F + f] = float(point["alpha"]) / batch
+                # As the estimator's optimizer: scikit-learn's step, rate and penalty in
+                # fastbp's loss scale (fastbp.sklearn.grad_scale).
+                lrs[j * F + f] = float(point["learning_rate_init"]) * \
+                    (c if solver == "sgd" else 1.0)
+                decays[j * F + f] = float(point["alpha"]) / (batch * c)
                 W[j * F + f, train] = 1.0
-        ens = Ensemble([X.shape[1]] + [int(h) for h in hidden] + [n_out], n_models=K,
-                       activation=_ACTIVATIONS[p["activation"]], loss=loss,
-                       dtype=p["dtype"], seed=seed, device=p["device"], dropout=p["dropout"])
+        sizes = [X.shape[1]] + [int(h) for h in hidden] + [n_out]
+        ens = Ensemble(sizes, n_models=K, activation=_ACTIVATIONS[p["activation"]], loss=loss,
+                       dtype=dtype.name, seed=seed, device=p["device"], dropout=p["dropout"])
+        for k in range(K):   # the estimator's initial weights for random_state = seed + k
+            ens[k].set_weights(_glorot(check_random_state(seed + k), sizes, p["activation"],
+                                       dtype))
         t0 = time.perf_counter()
         ens.fit(X, Y, epochs=int(p["max_iter"]), batch_size=batch,
-                optimizer=_optimizer(p), lr=lrs, weight_decay=decays, sample_weight=W,
+                optimizer=_optimizer(p, solver, c), lr=lrs, weight_decay=decays,
+                sample_weight=W,
                 shuffle=bool(p["shuffle"]),
                 callbacks=[_TrainingLossStop(p["tol"], p["n_iter_no_change"])])
         elapsed = (time.perf_counter() - t0) / K
@@ -220,7 +252,7 @@ class MLPSearchCV:
             for f, (_, test) in enumerate(folds):
                 k = j * F + f
                 fitted = _adopt(clone(self.estimator).set_params(**grid[i]), ens, k, X,
-                                classes if classifier else None, np.ndim(y))
+                                binarizer)
                 t1 = time.perf_counter()
                 scores[i, f] = self._scorer(fitted)(fitted, X[test], y[test])
                 score_times[i, f] = time.perf_counter() - t1
@@ -274,27 +306,22 @@ class MLPSearchCV:
         return self._best().classes_
 
 
-def _optimizer(p):
-    """The optimizer name and its scikit-learn-named parameters, as the estimators map them
-    (learning rate and weight decay are set per member)."""
-    name = p["optimizer"].lower()
-    cls = OPTIMIZERS.get(name)
-    if cls is None:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got "
-                         f"{p['optimizer']!r}")
-    cfg = cls().get_config()
-    if "betas" in cfg:
-        cfg["betas"] = (p["beta_1"], p["beta_2"])
-    if "eps" in cfg:
-        cfg["eps"] = p["epsilon"]
-    if "nesterov" in cfg:
-        cfg.update(momentum=p["momentum"],
+def _optimizer(p, solver, c):
+    """The optimizer the estimator would make (``_make_optimizer``) for ``solver``, less
+    the learning rate and weight decay, which are set per member: adam's betas and
+    epsilon (over ``c``, fastbp.sklearn.grad_scale), sgd's momentum and Nesterov."""
+    cls = OPTIMIZERS[solver]
+    if solver in ("adam", "adamw"):
+        return cls(betas=(p["beta_1"], p["beta_2"]), eps=p["epsilon"] / c)
+    if solver == "sgd":
+        return cls(momentum=p["momentum"],
                    nesterov=bool(p["nesterovs_momentum"] and p["momentum"] > 0))
-    return cls(**cfg)
+    return cls()
 
 
-def _adopt(est, ens, k, X, classes, y_ndim):
-    """``est`` fitted as member k of ``ens``: the attributes its predict and score read."""
+def _adopt(est, ens, k, X, binarizer):
+    """``est`` fitted as member k of ``ens``: the attributes its predict and score read
+    (``binarizer``: the classifier's LabelBinarizer, None for a regressor)."""
     member = ens[k]
     curve = ens.history.history["loss"][:, k]
     est.model_ = member
@@ -305,9 +332,7 @@ def _adopt(est, ens, k, X, classes, y_ndim):
     est.best_loss_ = min(est.loss_curve_) if est.loss_curve_ else np.inf
     est.validation_scores_ = None
     est.best_validation_score_ = None
-    if classes is not None:
-        est.classes_ = classes
-        est._multilabel = False
-    else:
-        est._y_ndim = y_ndim
+    if binarizer is not None:
+        est._label_binarizer = binarizer
+        est.classes_ = binarizer.classes_
     return est

@@ -94,6 +94,15 @@ _DIVERGED = ("Solver produced non-finite parameter weights. The input data may c
              "large values and need to be preprocessed.")
 
 
+def grad_scale(loss, n_outputs):
+    """scikit-learn's gradient over fastbp's for fastbp loss ``loss`` with ``n_outputs``
+    outputs (see the module notes): the estimators scale the learning rate (sgd), epsilon
+    (adam) and weight decay by it."""
+    if loss == "cross_entropy" or loss in ("mae", "huber"):
+        return 1.0
+    return n_outputs / 2.0 if loss == "mse" else float(n_outputs)
+
+
 def _glorot(rs, sizes, activation, dtype):
     """scikit-learn's initial weights: uniform in +-sqrt(6 / (fan_in + fan_out)) (2 for
     logistic), biases too, drawn in its order from its generator."""
@@ -234,10 +243,7 @@ class _BaseMLP(BaseEstimator):
 
     def _grad_scale(self):
         """scikit-learn's gradient over fastbp's for the model's loss (see module notes)."""
-        loss, k = self.model_.loss, self.model_.sizes[-1]
-        if loss == "cross_entropy" or loss in ("mae", "huber"):
-            return 1.0
-        return k / 2.0 if loss == "mse" else float(k)
+        return grad_scale(self.model_.loss, self.model_.sizes[-1])
 
     def _loss_value(self, fastbp_loss):
         """scikit-learn's value of the data loss from fastbp's (mean over rows)."""

@@ -68,3 +68,60 @@ def test_bad_input():
         MLPSearchCV(MLPClassifier(), {"nope": [1]}).fit(X, y)
     with pytest.raises(ValueError, match="several metrics"):
         MLPSearchCV(MLPClassifier(), {"alpha": [1.0]}, scoring=["accuracy"]).fit(X, y)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "regression", "sgd"])
+def test_the_estimators_defaults_train_each_architecture_as_one_ensemble(kind, monkeypatch):
+    """With the estimators' own parameters (solver by name, no optimizer object), every
+    point and fold of one architecture is a member of one Ensemble fit, never an ordinary
+    fit per fold, and the best score agrees with GridSearchCV's."""
+    from fastbp.ensemble import Ensemble
+    sizes = []
+    fit = Ensemble.fit
+
+    def counted(self, *args, **kwargs):
+        sizes.append(self.n_models)
+        return fit(self, *args, **kwargs)
+    monkeypatch.setattr(Ensemble, "fit", counted)
+    monkeypatch.setattr(MLPSearchCV, "_fit_each",
+                        lambda *a, **k: pytest.fail("fitted point by point"))
+    grid = {"learning_rate_init": [1e-3, 1e-2], "alpha": [1e-4, 1e-1]}
+    if kind == "regression":
+        X, y = make_regression(400, 6, n_targets=3, noise=0.1, random_state=1)
+        y = y / y.std()
+        est = MLPRegressor(hidden_layer_sizes=(16,), max_iter=20, batch_size=32,
+                           random_state=0)
+    else:
+        X, y = make_classification(600, 8, n_informative=5, n_classes=3 if kind ==
+                                   "multiclass" else 2, random_state=0)
+        est = MLPClassifier((16,), max_iter=20, batch_size=32, random_state=0,
+                            solver="sgd" if kind == "sgd" else "adam",
+                            learning_rate_init=0.05)
+        if kind == "sgd":
+            grid = {"learning_rate_init": [0.02, 0.1], "alpha": [1e-4, 1e-1]}
+    ours = MLPSearchCV(est, grid, cv=3).fit(X, y)
+    assert sizes == [4 * 3]
+    theirs = GridSearchCV(est, grid, cv=3).fit(X, y)
+    assert abs(ours.best_score_ - theirs.best_score_) < 0.05
+    np.testing.assert_array_equal(ours.predict(X), ours.best_estimator_.predict(X))
+
+
+def test_members_get_the_optimizer_the_estimator_would_make():
+    """The learning rate, weight decay, epsilon and momentum of a member are those of the
+    estimator's own optimizer for the same point (scikit-learn's scale, four outputs)."""
+    from fastbp.search import _optimizer
+    from fastbp.sklearn import grad_scale
+    X, y = make_regression(200, 5, n_targets=4, random_state=0)
+    y = y / y.std()
+    for solver in ("adam", "sgd"):
+        est = MLPRegressor(hidden_layer_sizes=(8,), solver=solver, max_iter=1, batch_size=20,
+                           alpha=0.3, learning_rate_init=0.01, momentum=0.7,
+                           random_state=0).fit(X, y)
+        own = est._make_optimizer(20).get_config()
+        c = grad_scale(est.model_.loss, 4)
+        assert c == 2.0
+        member = dict(_optimizer(est.get_params(), solver, c).get_config(),
+                      lr=0.01 * (c if solver == "sgd" else 1.0), weight_decay=0.3 / (20 * c))
+        assert own.keys() == member.keys()
+        for key in own:
+            assert np.allclose(own[key], member[key]), (solver, key)
