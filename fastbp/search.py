@@ -20,6 +20,7 @@ from .callbacks import EarlyStopping
 from .ensemble import Ensemble
 from .optimizers import OPTIMIZERS
 from .registry import ACTIVATIONS, LOSSES
+from .sklearn_conventions import glorot, grad_scale
 
 # Grid keys that may differ between the members of one ensemble; every other key splits
 # the grid into separate ensembles.
@@ -188,7 +189,6 @@ class MLPSearchCV:
     def _fit_ensemble(self, est, grid, members, folds, X, y, scores, fit_times,
                       score_times):
         """Every point of ``members`` times every fold as one Ensemble."""
-        from .sklearn import _glorot, grad_scale
         p = est.get_params()
         classifier = is_classifier(est)
         n = X.shape[0]
@@ -230,7 +230,7 @@ class MLPSearchCV:
             point = dict(p, **grid[i])
             for f, (train, _) in enumerate(folds):
                 # As the estimator's optimizer: scikit-learn's step, rate and penalty in
-                # fastbp's loss scale (fastbp.sklearn.grad_scale).
+                # fastbp's loss scale (sklearn_conventions.grad_scale).
                 lrs[j * F + f] = float(point["learning_rate_init"]) * \
                     (c if solver == "sgd" else 1.0)
                 decays[j * F + f] = float(point["alpha"]) / (batch * c)
@@ -239,7 +239,7 @@ class MLPSearchCV:
         ens = Ensemble(sizes, n_models=K, activation=_ACTIVATIONS[p["activation"]], loss=loss,
                        dtype=dtype.name, seed=seed, device=p["device"], dropout=p["dropout"])
         for k in range(K):   # the estimator's initial weights for random_state = seed + k
-            ens[k].set_weights(_glorot(check_random_state(seed + k), sizes, p["activation"],
+            ens[k].set_weights(glorot(check_random_state(seed + k), sizes, p["activation"],
                                        dtype))
         t0 = time.perf_counter()
         ens.fit(X, Y, epochs=int(p["max_iter"]), batch_size=batch,
@@ -309,7 +309,7 @@ class MLPSearchCV:
 def _optimizer(p, solver, c):
     """The optimizer the estimator would make (``_make_optimizer``) for ``solver``, less
     the learning rate and weight decay, which are set per member: adam's betas and
-    epsilon (over ``c``, fastbp.sklearn.grad_scale), sgd's momentum and Nesterov."""
+    epsilon (over ``c``, sklearn_conventions.grad_scale), sgd's momentum and Nesterov."""
     cls = OPTIMIZERS[solver]
     if solver in ("adam", "adamw"):
         return cls(betas=(p["beta_1"], p["beta_2"]), eps=p["epsilon"] / c)

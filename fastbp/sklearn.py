@@ -76,6 +76,7 @@ from .model import MLP
 from .optimizers import OPTIMIZERS, Optimizer
 from .registry import ACTIVATIONS, LOSSES, REGRESSION_LOSSES
 from .search import MLPSearchCV
+from .sklearn_conventions import glorot, grad_scale
 
 __all__ = ["MLPClassifier", "MLPRegressor", "MLPSearchCV", "SPARSE_DENSE_BYTES"]
 
@@ -92,27 +93,6 @@ SPARSE_DENSE_BYTES = 256 * 2 ** 20
 
 _DIVERGED = ("Solver produced non-finite parameter weights. The input data may contain "
              "large values and need to be preprocessed.")
-
-
-def grad_scale(loss, n_outputs):
-    """scikit-learn's gradient over fastbp's for fastbp loss ``loss`` with ``n_outputs``
-    outputs (see the module notes): the estimators scale the learning rate (sgd), epsilon
-    (adam) and weight decay by it."""
-    if loss == "cross_entropy" or loss in ("mae", "huber"):
-        return 1.0
-    return n_outputs / 2.0 if loss == "mse" else float(n_outputs)
-
-
-def _glorot(rs, sizes, activation, dtype):
-    """scikit-learn's initial weights: uniform in +-sqrt(6 / (fan_in + fan_out)) (2 for
-    logistic), biases too, drawn in its order from its generator."""
-    factor = 2.0 if activation == "logistic" else 6.0
-    out = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        bound = np.sqrt(factor / (fan_in + fan_out))
-        out.append(rs.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype, copy=False))
-        out.append(rs.uniform(-bound, bound, fan_out).astype(dtype, copy=False))
-    return out
 
 
 def _row_blocks(X):
@@ -338,7 +318,7 @@ class _BaseMLP(BaseEstimator):
 
     def _initialize(self, sizes, dtype, rs):
         dtype = np.dtype(dtype if self.dtype is None else self.dtype)
-        weights = _glorot(rs, sizes, self.activation, dtype)
+        weights = glorot(rs, sizes, self.activation, dtype)
         model = MLP(sizes, activation=_ACTIVATIONS[self.activation],
                     loss=self._loss_name(sizes[-1]), dtype=dtype.name,
                     seed=int(rs.randint(np.iinfo(np.int32).max)), device=self.device,

@@ -110,7 +110,7 @@ def test_members_get_the_optimizer_the_estimator_would_make():
     """The learning rate, weight decay, epsilon and momentum of a member are those of the
     estimator's own optimizer for the same point (scikit-learn's scale, four outputs)."""
     from fastbp.search import _optimizer
-    from fastbp.sklearn import grad_scale
+    from fastbp.sklearn_conventions import grad_scale
     X, y = make_regression(200, 5, n_targets=4, random_state=0)
     y = y / y.std()
     for solver in ("adam", "sgd"):
