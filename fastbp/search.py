@@ -158,8 +158,8 @@ class MLPSearchCV:
 
     def _can_share(self, est, y):
         """Whether the estimator's fits can be ensemble members: a stochastic solver given
-        by name with a constant rate, no early stopping, targets of one or several classes
-        (at least two) or a regression loss other than Poisson."""
+        by name with a constant rate, no early stopping, and binary or multiclass targets
+        of at least two classes, or a regression loss other than Poisson."""
         p = est.get_params()
         solver = p.get("optimizer") or p.get("solver")
         if p.get("early_stopping") or not isinstance(solver, str) or \
