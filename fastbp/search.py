@@ -20,7 +20,7 @@ from .callbacks import EarlyStopping
 from .ensemble import Ensemble
 from .optimizers import OPTIMIZERS
 from .registry import ACTIVATIONS, LOSSES
-from .sklearn_conventions import glorot, grad_scale
+from .sklearn_conventions import OPTIMIZER_PARAMS, glorot, grad_scale, scaled_optimizer
 
 # Grid keys that may differ between the members of one ensemble; every other key splits
 # the grid into separate ensembles.
@@ -227,13 +227,12 @@ class MLPSearchCV:
         lrs, decays = np.empty(K), np.empty(K)
         W = np.zeros((K, n))
         for j, i in enumerate(members):
-            point = dict(p, **grid[i])
+            # The estimator's optimizer for the point: its rate and weight decay are the
+            # members', the rest (the same for every point) the ensemble's.
+            opt = _member_optimizer(dict(p, **grid[i]), solver, batch, c)
             for f, (train, _) in enumerate(folds):
-                # As the estimator's optimizer: scikit-learn's step, rate and penalty in
-                # fastbp's loss scale (sklearn_conventions.grad_scale).
-                lrs[j * F + f] = float(point["learning_rate_init"]) * \
-                    (c if solver == "sgd" else 1.0)
-                decays[j * F + f] = float(point["alpha"]) / (batch * c)
+                lrs[j * F + f] = opt.lr
+                decays[j * F + f] = opt.weight_decay
                 W[j * F + f, train] = 1.0
         sizes = [X.shape[1]] + [int(h) for h in hidden] + [n_out]
         ens = Ensemble(sizes, n_models=K, activation=_ACTIVATIONS[p["activation"]], loss=loss,
@@ -243,7 +242,7 @@ class MLPSearchCV:
                                        dtype))
         t0 = time.perf_counter()
         ens.fit(X, Y, epochs=int(p["max_iter"]), batch_size=batch,
-                optimizer=_optimizer(p, solver, c), lr=lrs, weight_decay=decays,
+                optimizer=opt, lr=lrs, weight_decay=decays,
                 sample_weight=W,
                 shuffle=bool(p["shuffle"]),
                 callbacks=[_TrainingLossStop(p["tol"], p["n_iter_no_change"])])
@@ -306,17 +305,11 @@ class MLPSearchCV:
         return self._best().classes_
 
 
-def _optimizer(p, solver, c):
-    """The optimizer the estimator would make (``_make_optimizer``) for ``solver``, less
-    the learning rate and weight decay, which are set per member: adam's betas and
-    epsilon (over ``c``, sklearn_conventions.grad_scale), sgd's momentum and Nesterov."""
-    cls = OPTIMIZERS[solver]
-    if solver in ("adam", "adamw"):
-        return cls(betas=(p["beta_1"], p["beta_2"]), eps=p["epsilon"] / c)
-    if solver == "sgd":
-        return cls(momentum=p["momentum"],
-                   nesterov=bool(p["nesterovs_momentum"] and p["momentum"] > 0))
-    return cls()
+def _member_optimizer(point, solver, batch_size, c):
+    """The optimizer the estimator would make (``_make_optimizer``) for grid point
+    ``point`` (its parameters), ``c`` the loss scale (sklearn_conventions.grad_scale)."""
+    return scaled_optimizer(solver, float(point["learning_rate_init"]), float(point["alpha"]),
+                            batch_size, c, **{k: point[k] for k in OPTIMIZER_PARAMS})
 
 
 def _adopt(est, ens, k, X, binarizer):

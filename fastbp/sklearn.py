@@ -76,7 +76,7 @@ from .model import MLP
 from .optimizers import OPTIMIZERS, Optimizer
 from .registry import ACTIVATIONS, LOSSES, REGRESSION_LOSSES
 from .search import MLPSearchCV
-from .sklearn_conventions import glorot, grad_scale
+from .sklearn_conventions import OPTIMIZER_PARAMS, glorot, grad_scale, scaled_optimizer
 
 __all__ = ["MLPClassifier", "MLPRegressor", "MLPSearchCV", "SPARSE_DENSE_BYTES"]
 
@@ -397,20 +397,12 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------------ sgd and adam
     def _make_optimizer(self, batch_size):
-        solver, lr = self._solver(), float(self._learning_rate)
+        solver = self._solver()
         if isinstance(solver, Optimizer):
             return solver
-        c = self._grad_scale()
-        decay = float(self.alpha) / (batch_size * c)
-        cls = OPTIMIZERS[solver]
-        if solver == "sgd":
-            # A scaled step is scikit-learn's step on its (c times larger) gradient.
-            return cls(lr=lr * c, momentum=self.momentum, weight_decay=decay,
-                       nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
-        if solver in ("adam", "adamw"):
-            return cls(lr=lr, betas=(self.beta_1, self.beta_2), eps=self.epsilon / c,
-                       weight_decay=decay)
-        return cls(lr=lr, weight_decay=decay)
+        return scaled_optimizer(solver, float(self._learning_rate), float(self.alpha),
+                                batch_size, self._grad_scale(),
+                                **{k: getattr(self, k) for k in OPTIMIZER_PARAMS})
 
     def _fit_stochastic(self, X, Y, sample_weight, rs, incremental):
         model = self.model_

@@ -1,7 +1,12 @@
 """scikit-learn's MLP conventions in fastbp's terms, shared by the estimators
-(fastbp.sklearn) and the grid search (fastbp.search): its initial weights, and the scale
-between its losses' gradients and fastbp's."""
+(fastbp.sklearn) and the grid search (fastbp.search): its initial weights, the scale
+between its losses' gradients and fastbp's, and the optimizer that takes its steps."""
 import numpy as np
+
+from .optimizers import OPTIMIZERS
+
+# The estimator parameters, besides the rate and alpha, that shape its optimizer.
+OPTIMIZER_PARAMS = ("momentum", "nesterovs_momentum", "beta_1", "beta_2", "epsilon")
 
 
 def grad_scale(loss, n_outputs):
@@ -23,3 +28,19 @@ def glorot(rs, sizes, activation, dtype):
         out.append(rs.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype, copy=False))
         out.append(rs.uniform(-bound, bound, fan_out).astype(dtype, copy=False))
     return out
+
+
+def scaled_optimizer(name, lr, alpha, batch_size, c, *, momentum, nesterovs_momentum, beta_1,
+                     beta_2, epsilon):
+    """fastbp's optimizer ``name`` taking scikit-learn's steps in fastbp's loss scale ``c``
+    (grad_scale): the L2 penalty ``alpha`` as weight decay, sgd's rate and adam's epsilon
+    scaled, sgd's momentum, adam's betas; another optimizer gets the rate and decay only."""
+    cls = OPTIMIZERS[name]
+    decay = alpha / (batch_size * c)
+    if name == "sgd":
+        # A scaled step is scikit-learn's step on its (c times larger) gradient.
+        return cls(lr=lr * c, momentum=momentum, weight_decay=decay,
+                   nesterov=bool(nesterovs_momentum and momentum > 0))
+    if name in ("adam", "adamw"):
+        return cls(lr=lr, betas=(beta_1, beta_2), eps=epsilon / c, weight_decay=decay)
+    return cls(lr=lr, weight_decay=decay)

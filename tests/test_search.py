@@ -109,7 +109,7 @@ def test_the_estimators_defaults_train_each_architecture_as_one_ensemble(kind, m
 def test_members_get_the_optimizer_the_estimator_would_make():
     """The learning rate, weight decay, epsilon and momentum of a member are those of the
     estimator's own optimizer for the same point (scikit-learn's scale, four outputs)."""
-    from fastbp.search import _optimizer
+    from fastbp.search import _member_optimizer
     from fastbp.sklearn_conventions import grad_scale
     X, y = make_regression(200, 5, n_targets=4, random_state=0)
     y = y / y.std()
@@ -120,8 +120,9 @@ def test_members_get_the_optimizer_the_estimator_would_make():
         own = est._make_optimizer(20).get_config()
         c = grad_scale(est.model_.loss, 4)
         assert c == 2.0
-        member = dict(_optimizer(est.get_params(), solver, c).get_config(),
-                      lr=0.01 * (c if solver == "sgd" else 1.0), weight_decay=0.3 / (20 * c))
+        assert own["lr"] == pytest.approx(0.01 * (c if solver == "sgd" else 1.0))
+        assert own["weight_decay"] == pytest.approx(0.3 / (20 * c))
+        member = _member_optimizer(est.get_params(), solver, 20, c).get_config()
         assert own.keys() == member.keys()
         for key in own:
             assert np.allclose(own[key], member[key]), (solver, key)
