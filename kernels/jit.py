@@ -223,7 +223,8 @@ try:   # Numba's compiler internals, as of the releases this was written against
         def run_pass(self, state):
             state.library = LinkOnlyLibrary(state.targetctx.codegen(),
                                             state.func_id.func_qualname)
-            for func_id in {id(f): f for f in (state.func_id, state.func_ir.func_id)}.values():
+            # One object, unless a pass gave the IR another: naming it twice is harmless.
+            for func_id in (state.func_id, state.func_ir.func_id):
                 func_id.unique_id = _stable_uid(func_id)
                 func_id.unique_name = f"{func_id.func_qualname}${func_id.unique_id}"
             return True
