@@ -123,14 +123,20 @@ def compile_back(dtype, role="train", meet=True):
     return typed
 
 
+def _text(plan):
+    """compile_plan.json's text: one kernel a line, so that a change reads as a diff."""
+    roles = []
+    for role, by_dtype in plan.items():
+        lists = [f"{json.dumps(dtype)}: [\n" + ",\n".join(map(json.dumps, entries)) + "\n]"
+                 for dtype, entries in by_dtype.items()]
+        roles.append(f"{json.dumps(role)}: {{\n" + ",\n".join(lists) + "\n}")
+    return "{\n" + ",\n".join(roles) + "\n}\n"
+
+
 def write():
     plan = {role: {dtype: record(dtype, role) for dtype in DTYPES} for role in ROLES}
-    with open(PLAN_FILE, "w") as f:   # one kernel a line, so a change reads as a diff
-        f.write("{\n" + ",\n".join(
-            f"{json.dumps(role)}: {{\n" + ",\n".join(
-                f"{json.dumps(dtype)}: [\n" + ",\n".join(json.dumps(e) for e in entries)
-                + "\n]" for dtype, entries in by_dtype.items()) + "\n}"
-            for role, by_dtype in plan.items()) + "\n}\n")
+    with open(PLAN_FILE, "w") as f:
+        f.write(_text(plan))
     return plan
 
 
