@@ -2,7 +2,8 @@
 weights, and GridSearchCV.
 
     python bench/ensemble_vs_loop.py [--reps 5] [--quick] [--json out.json]
-                                     [--only narrow,mnist,search]
+                                     [--only narrow,mnist,search] [--device cpu]
+                                     [--rows 20000]
 
 All in ONE process (GridSearchCV's n_jobs=-1 workers aside), the peers on the same data,
 float32 Adam, every library on all cores. Each peer is warmed up once, untimed; each
@@ -19,6 +20,11 @@ all of them, and the figures are medians over repetitions with their min and max
   learning rates x 3 alphas x 5 folds, 10,000 x 50 rows (make_classification), both
   refitting the best point; wall seconds and best_score_ (GridSearchCV with n_jobs=1
   too, for reference).
+
+``--device cuda`` times narrow and mnist on the GPU (search stays on the CPU): the
+Ensemble with its members in the same launches, the same Ensemble with them in turn
+(``kernels.cuda.FUSED_MEMBERS`` off), the loop of single fits, and PyTorch's stacked
+weights on the GPU (synchronised at the end of each epoch).
 """
 import argparse
 import datetime
@@ -56,9 +62,9 @@ def classes_data(n, sizes, seed=0):
     return X, rng.integers(0, sizes[-1], n)
 
 
-def fastbp_peers(sizes, K, loss, X, y, batch):
-    ens = fastbp.Ensemble(sizes, n_models=K, loss=loss, dtype="float32", device="cpu")
-    singles = [fastbp.MLP(sizes, loss=loss, dtype="float32", seed=k, device="cpu")
+def fastbp_peers(sizes, K, loss, X, y, batch, device="cpu"):
+    ens = fastbp.Ensemble(sizes, n_models=K, loss=loss, dtype="float32", device=device)
+    singles = [fastbp.MLP(sizes, loss=loss, dtype="float32", seed=k, device=device)
                for k in range(K)]
 
     def ensemble():
@@ -67,25 +73,39 @@ def fastbp_peers(sizes, K, loss, X, y, batch):
     def loop():
         for m in singles:
             m.fit(X, y, epochs=1, batch_size=batch, lr=1e-3)
-    return {"ensemble": ensemble, "loop": loop}
+    peers = {"ensemble": ensemble, "loop": loop}
+    if device == "cuda":
+        from fastbp.kernels import cuda as kc
+
+        def in_turn():
+            kc.FUSED_MEMBERS = False
+            try:
+                ensemble()
+            finally:
+                kc.FUSED_MEMBERS = True
+        peers["ensemble_in_turn"] = in_turn
+    return peers
 
 
-def torch_stacked(sizes, K, X, y, batch):
+def torch_stacked(sizes, K, X, y, batch, device="cpu"):
     """K MLPs as stacked weights: one baddbmm per layer, one Adam over the stack."""
     import torch
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("this PyTorch build has no CUDA")
     torch.set_num_threads(os.cpu_count())
     g = torch.Generator().manual_seed(0)
     Ws, bs = [], []
     for a, b in zip(sizes[:-1], sizes[1:]):
         bound = 1 / np.sqrt(a)
-        Ws.append(((torch.rand(K, a, b, generator=g) * 2 - 1) * bound).requires_grad_())
-        bs.append(torch.zeros(K, 1, b, requires_grad=True))
+        W = (torch.rand(K, a, b, generator=g) * 2 - 1) * bound
+        Ws.append(W.to(device).requires_grad_())
+        bs.append(torch.zeros(K, 1, b, device=device, requires_grad=True))
     opt = torch.optim.Adam(Ws + bs, lr=1e-3)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
     n = Xt.shape[0]
 
     def epoch():
-        perm = torch.randperm(n)
+        perm = torch.randperm(n, device=device)
         for s in range(0, n, batch):
             idx = perm[s:s + batch]
             h = Xt[idx].unsqueeze(0).expand(K, -1, -1)
@@ -98,6 +118,8 @@ def torch_stacked(sizes, K, X, y, batch):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
     return epoch
 
 
@@ -113,18 +135,18 @@ def run_rounds(peers, reps):
     return times
 
 
-def bench_models(name, sizes, K, loss, n, batch, reps, with_torch):
+def bench_models(name, sizes, K, loss, n, batch, reps, with_torch, device="cpu"):
     make = narrow_data if loss == "mse" else classes_data
     X, y = make(n, sizes)
-    peers = fastbp_peers(sizes, K, loss, X, y, batch)
+    peers = fastbp_peers(sizes, K, loss, X, y, batch, device)
     if with_torch:
         try:
-            peers["torch_stacked"] = torch_stacked(sizes, K, X, y, batch)
-        except ImportError:
-            print("torch is not installed: no stacked-weights peer")
+            peers["torch_stacked"] = torch_stacked(sizes, K, X, y, batch, device)
+        except (ImportError, RuntimeError) as e:
+            print(f"no stacked-weights peer: {e}")
     times = run_rounds(peers, reps)
     rate = {p: [K * n / t for t in ts] for p, ts in times.items()}
-    res = dict(sizes=sizes, n_models=K, batch_size=batch, rows=n, loss=loss,
+    res = dict(sizes=sizes, n_models=K, batch_size=batch, rows=n, loss=loss, device=device,
                model_samples_per_s={p: spread(r) for p, r in rate.items()},
                ratio_ensemble_over={p: spread([a / b for a, b in zip(rate["ensemble"], r)])
                                     for p, r in rate.items() if p != "ensemble"})
@@ -184,6 +206,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer rows and repetitions")
     ap.add_argument("--only", default="narrow,mnist,search")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--rows", type=int, default=0,
+                    help="rows of narrow (mnist: half as many); default 20,000")
     args = ap.parse_args(argv)
     reps = 2 if args.quick else args.reps
     scale = 4 if args.quick else 1
@@ -191,15 +216,20 @@ def main(argv=None):
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     out = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                cpu=cpu_model(), cores=os.cpu_count(), threads=fastbp.get_num_threads(),
-               load_average_1min_at_start=load, reps=reps,
+               load_average_1min_at_start=load, reps=reps, device=args.device,
                note="shared machine: other jobs ran beside this one; ratios are measured "
                     "in one run, peers timed back to back in each repetition")
+    if args.device == "cuda":
+        from gpu_compare import gpu_info
+        out["gpu"] = gpu_info()
+    rows = args.rows or 20_000 // scale
     if "narrow" in parts:
-        out["narrow"] = bench_models("narrow", [32, 64, 64, 1], 32, "mse", 20_000 // scale, 32,
-                                     reps, with_torch=True)
+        out["narrow"] = bench_models("narrow", [32, 64, 64, 1], 32, "mse", rows, 32,
+                                     reps, with_torch=True, device=args.device)
     if "mnist" in parts:
         out["mnist"] = bench_models("mnist", [784, 256, 128, 10], 16, "cross_entropy",
-                                    10_000 // scale, 128, reps, with_torch=False)
+                                    rows // 2, 128, reps,
+                                    with_torch=args.device == "cuda", device=args.device)
     if "search" in parts:
         out["search"] = bench_search(max(1, reps // 2))
     out["load_average_1min_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

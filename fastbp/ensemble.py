@@ -2,11 +2,14 @@
 
 Every member is a :class:`fastbp.MLP` with its own parameters, optimizer state and
 workspace. A fit plans every member as ``MLP.fit`` would, then runs all of them over the
-same batches in the same order: on the CPU each chunk of batches is one job per member,
-the jobs claimed by the worker threads (``engines.cpu.train_members``) and run alone on
-their thread, with no barrier between threads since the members share nothing they
-write. Other engines run the members' chunks one after another. A member's numbers are
-those of its own ``MLP.fit`` either way.
+same batches in the same order, each chunk of batches handed to the engine for all of
+them at once (``Engine.train_together``). On the CPU it is one job per member, the jobs
+claimed by the worker threads (``engines.cpu.train_members``) and run alone on their
+thread, with no barrier between threads since the members share nothing they write. On
+a GPU the members train in the same launches, a row of the grid each
+(``engines.cuda_members``). Where an engine cannot (fewer members than threads, the
+GPU's layer-by-layer path), the members' chunks run one after another. A member's numbers
+are those of its own ``MLP.fit`` either way.
 """
 import copy
 import numbers
@@ -18,7 +21,7 @@ import numpy as np
 from . import persistence, registry
 from .callbacks import (EarlyStopping, History, LearningRateScheduler,
                         ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
-from .engines.cpu import CPUEngine, single_threaded_blas, train_members
+from .engines.cpu import single_threaded_blas
 from .errors import ConfigError, DataError, ModelFileError
 from .files import EnsembleFile
 from .kernels.shuffle import permutation
@@ -27,7 +30,6 @@ from .optimizers import get_optimizer
 from .planning import _check_callbacks as check_callback_list
 from .planning import class_weights, optimizer_state, plan_fit
 from .progress import Progress
-from .threads import get_num_threads
 from .training import (LocalChunks, batch_rows, chunk_batches, chunk_rates,
                        deferred_interrupt, epoch_sums)
 from .validation import (check_positive_int, check_sample_weight, check_targets, check_X)
@@ -292,9 +294,12 @@ class Ensemble:
 
         with single_threaded_blas(blas), deferred_interrupt() as interrupt:
             try:
+                X, Y = plan0.X, plan0.Y
+                if len({type(m._engine) for m in members}) == 1:
+                    X, Y = members[0]._engine.shared_data(X, Y)   # one upload for all
                 for k in range(K):
                     p = plans[k]
-                    s = members[k]._engine.begin_fit(p.X, p.Y, p.row_w, p.optimizer, p.state,
+                    s = members[k]._engine.begin_fit(X, Y, p.row_w, p.optimizer, p.state,
                                                      bs, p.dropout_seed)
                     s.step_done, s.last_lr, s.interrupt = p.step, p.optimizer.lr, interrupt
                     sessions[k] = s
@@ -408,23 +413,18 @@ class Ensemble:
         bad = []
         start, chunk, b = 0, 0, 0
         per_batch_s = self._batch_seconds.get(bs)
-        threads = get_num_threads()
+        together = len({type(e) for e in engines.values()}) == 1
         while start < n and running:
             stop = min(n, start + chunk_batches(per_batch_s) * bs)
             nb = -(-(stop - start) // bs)
             lrs = {k: chunk_rates(members[k].optimizer, schedules[k],
                                   sessions[k].step_done + 1, nb) for k in running}
             t0 = time.perf_counter()
-            solo = all(isinstance(engines[k], CPUEngine) for k in running) and \
-                threads > 1 and len(running) >= threads
-            if solo:
-                done = train_members([(engines[k], sessions[k], perm, start, stop, lrs[k],
-                                       sessions[k].step_done, clip, out[k][b:b + nb])
-                                      for k in running], threads)
-            else:
-                done = [engines[k].run_chunk(sessions[k], perm, start, stop, lrs[k],
-                                             sessions[k].step_done, clip, out[k][b:b + nb])
-                        for k in running]
+            jobs = [(engines[k], sessions[k], perm, start, stop, lrs[k],
+                     sessions[k].step_done, clip, out[k][b:b + nb]) for k in running]
+            done = engines[running[0]].train_together(jobs) if together else None
+            if done is None:
+                done = [engine.run_chunk(*job) for engine, *job in jobs]
             per_batch_s = self._batch_seconds[bs] = (time.perf_counter() - t0) / nb
             for k, d in zip(list(running), done):
                 s = sessions[k]

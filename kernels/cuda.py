@@ -70,6 +70,7 @@ FUSED_MAX_BLOCKS = 1024     # blocks (= rows of gradient partials) of one batch,
 FUSED_PARTIAL_BYTES = 256 * 2 ** 20  # device memory for the gradient partials, at most
 FUSED_PATH = "auto"         # "auto": the size rule; "fused" or "layers" force a path
 FUSED_PERSISTENT = True     # one cooperative kernel per chunk; False: 3 launches per batch
+FUSED_MEMBERS = True        # an ensemble's members in the same launches; False: in turn
 FUSED_INFER_TILE_ROWS = 128  # rows per tile of fused inference, at most
 FUSED_INFER_BLOCKS = 1056   # blocks of fused inference, at most (8 per SM of 132 SMs)
 INFER_BLOCK_BYTES = 256 * 2 ** 20  # input rows uploaded at once by fused inference
@@ -565,6 +566,27 @@ def kernels_for(dtype):
 
 
 # ------------------------------------------------------------------------ size rule
+
+def cooperative_blocks(kern, args, smem):
+    """How many blocks of FUSED_THREADS threads of ``kern`` (a kernel with a grid sync,
+    launched with ``args`` and ``smem`` bytes of dynamic shared memory) the device runs
+    at once, the most a cooperative launch may have; 0 where it cannot launch one."""
+    if not (cuda.get_current_device().COOPERATIVE_LAUNCH and _cudadevrt_found()):
+        return 0
+    compiled = kern.compile(tuple(kern.typeof_pyval(a) for a in args))
+    return compiled.max_cooperative_grid_blocks(FUSED_THREADS, smem)
+
+
+def _cudadevrt_found():
+    """Grid sync links the CUDA device runtime, a static library (in the toolkit or the
+    CUDA runtime wheel); the test is numba-cuda's own (numba.cuda.testing)."""
+    from numba.cuda.cudadrv import libs
+    try:
+        libs.check_static_lib(libs.get_cudalib("cudadevrt", static=True))
+    except FileNotFoundError:
+        return False
+    return True
+
 
 def cdiv(a, b):
     """Ceiling division of host-side sizes."""

@@ -33,7 +33,9 @@ forward/backward of the block's tiles, grid sync, gradient reduction + optimizer
 the engine uses them for single gradient steps (data-parallel training) and where a
 cooperative launch is not possible. The simulator's grid sync only syncs a one-block
 grid: there the chunk kernel runs on one block, and the tests cover many blocks through
-these launches.
+these launches. ``fused_members_chunk`` is the chunk kernel for the members of an
+ensemble: one row of the grid per member, all of them in the same launch (a narrow net
+alone fills a few of a GPU's multiprocessors; a few dozen members fill it).
 """
 import math
 
@@ -328,6 +330,53 @@ def _build(ft):
             part[blk, 0] = lbuf[0]
             part[blk, 1] = mbuf[0]
 
+    # Phase 2 of a batch, shared by the one-network and the members' chunk kernels: every
+    # thread of a block calls these (they sum through the block's shared buffer), and
+    # gid/gsize number the threads of the blocks that work on one network.
+    @cuda.jit(device=True)
+    def batch_loss(part, used, lbuf, out, kb, gid):
+        """The batch's loss and metric sums from the blocks' rows of ``part`` (every block
+        gets the same bits); out[kb] = both. Returns the loss."""
+        total = _part_sum(part, used, 0, lbuf)
+        metric = _part_sum(part, used, 1, lbuf)
+        if gid == 0:
+            out[kb, 0] = total
+            out[kb, 1] = metric
+        return total
+
+    @cuda.jit(device=True)
+    def reduce_step(partials, used, grads, params, opt, state, slots, ranges, n_total,
+                    rates, kb, gid, gsize):
+        """Sum the partials of this thread's parameters and step them (no clipping)."""
+        for j in range(gid, n_total, gsize):
+            i = kc._flat_index(ranges, j)
+            g = _reduce_grad(partials, used, grads, i)
+            kc.apply_update(opt, params, state, slots, i, g, rates, kb)
+
+    @cuda.jit(device=True)
+    def reduce_sq(partials, used, grads, ranges, n_total, part, lbuf, gid, gsize):
+        """Sum the partials of this thread's parameters into grads, and the block's share
+        of the squared norm into part[block, 2] (the clipped step needs every block's)."""
+        sq = 0.0
+        for j in range(gid, n_total, gsize):
+            g = _reduce_grad(partials, used, grads, kc._flat_index(ranges, j))
+            sq += g * g
+        t = cuda.threadIdx.x
+        lbuf[t] = sq
+        kc._block_sum(lbuf, t, NT)
+        if t == 0:
+            part[cuda.blockIdx.x, 2] = lbuf[0]
+
+    @cuda.jit(device=True)
+    def clipped_step(grads, params, opt, state, slots, ranges, n_total, rates, kb, part,
+                     nblk, lbuf, clip_norm, gid, gsize):
+        """Step this thread's parameters with the gradient scaled to norm clip_norm at
+        most (the norm from every block's share, after a grid sync)."""
+        gscale = min(1.0, clip_norm / (math.sqrt(_part_sum(part, nblk, 2, lbuf)) + 1e-6))
+        for j in range(gid, n_total, gsize):
+            i = kc._flat_index(ranges, j)
+            kc.apply_update(opt, params, state, slots, i, grads[i] * gscale, rates, kb)
+
     @cuda.jit
     def fused_train_chunk(X, Y, row_w, perm, start, stop, batch_size, params, grads,
                           partials, part, sizes, poff, acts, drop, trainable, lowest, loss,
@@ -346,8 +395,6 @@ def _build(ft):
         lbuf = cuda.shared.array(NT, np.float64)
         mbuf = cuda.shared.array(NT, np.float64)
         grid = cuda.cg.this_grid()
-        t = cuda.threadIdx.x
-        blk = cuda.blockIdx.x
         nblk = cuda.gridDim.x
         gid = cuda.grid(1)
         gsize = cuda.gridsize(1)
@@ -360,38 +407,82 @@ def _build(ft):
                          acts, drop, trainable, lowest, loss, seed, step + kb + 1, T)
             grid.sync()
             used = min(nblk, (rows + T - 1) // T)
-            total = _part_sum(part, used, 0, lbuf)
-            metric = _part_sum(part, used, 1, lbuf)
-            if gid == 0:
-                out[kb, 0] = total
-                out[kb, 1] = metric
+            total = batch_loss(part, used, lbuf, out, kb, gid)
             if not math.isfinite(total):
                 if gid == 0:
                     status[0] = kb + 1
                 return
-            gscale = 1.0
             if clip_norm > 0.0:
-                # The norm needs every block's share: reduce, sync, then update.
-                sq = 0.0
-                for j in range(gid, n_total, gsize):
-                    g = _reduce_grad(partials, used, grads, kc._flat_index(ranges, j))
-                    sq += g * g
-                lbuf[t] = sq
-                kc._block_sum(lbuf, t, NT)
-                if t == 0:
-                    part[blk, 2] = lbuf[0]
+                reduce_sq(partials, used, grads, ranges, n_total, part, lbuf, gid, gsize)
                 grid.sync()
-                gscale = min(1.0, clip_norm / (math.sqrt(_part_sum(part, nblk, 2, lbuf)) + 1e-6))
-                for j in range(gid, n_total, gsize):
-                    i = kc._flat_index(ranges, j)
-                    kc.apply_update(opt, params, state, slots, i, grads[i] * gscale, rates,
-                                    kb)
+                clipped_step(grads, params, opt, state, slots, ranges, n_total, rates, kb,
+                             part, nblk, lbuf, clip_norm, gid, gsize)
             else:
-                for j in range(gid, n_total, gsize):
-                    i = kc._flat_index(ranges, j)
-                    g = _reduce_grad(partials, used, grads, i)
-                    kc.apply_update(opt, params, state, slots, i, g * gscale, rates, kb)
+                reduce_step(partials, used, grads, params, opt, state, slots, ranges,
+                            n_total, rates, kb, gid, gsize)
             grid.sync()     # the next batch reads the updated parameters and reuses part
+
+    @cuda.jit
+    def fused_members_chunk(X, Y, row_w, perm, start, stop, batch_size, params, grads,
+                            partials, part, sizes, poff, acts, drop, trainable, lowest, loss,
+                            seeds, steps, T, opt, state, slots, ranges, n_total, rates,
+                            clip_norm, out, status, members):
+        """fused_train_chunk for several networks of one architecture at once (ensemble
+        members), in one cooperative launch: the blocks of row y of the grid
+        (cuda.blockIdx.y) train member ``members[y]``, whose arrays are row members[y] of
+        the member-stacked ``params`` (K, P), ``state`` (K, slots, P), ``row_w`` (K, n),
+        ``seeds``, ``steps`` (K,), ``rates`` (K, batches, N_COEFFS), ``out`` (K, batches,
+        2) and ``status`` (K,); the scratch ``grads``, ``partials`` and ``part`` have one
+        row per grid row. X, Y and perm are shared: every member trains on the same batches.
+
+        A member whose loss stops being finite gets status = k + 1 and takes no step from
+        then on, while its blocks keep meeting the others at every grid sync (all of its
+        blocks compute the same total, so they stop together)."""
+        S = cuda.shared.array(0, smem_type)
+        lbuf = cuda.shared.array(NT, np.float64)
+        mbuf = cuda.shared.array(NT, np.float64)
+        grid = cuda.cg.this_grid()
+        y = cuda.blockIdx.y
+        m = members[y]
+        p = params[m]
+        st = state[m]
+        w = row_w[m]
+        rt = rates[m]
+        o = out[m]
+        g = grads[y]
+        pt = partials[y]
+        pr = part[y]
+        nblk = cuda.gridDim.x
+        gid = cuda.grid(1)
+        gsize = cuda.gridsize(1)
+        n_out = sizes[sizes.shape[0] - 1]
+        live = True
+        for kb in range((stop - start + batch_size - 1) // batch_size):
+            b0 = start + kb * batch_size
+            rows = min(batch_size, stop - b0)
+            used = min(nblk, (rows + T - 1) // T)
+            if live:
+                batch_phase1(S, lbuf, mbuf, X, Y, w, perm, b0, rows,
+                             loss_scale(loss, rows, n_out), p, pt, pr, sizes, poff, acts,
+                             drop, trainable, lowest, loss, seeds[m], steps[m] + kb + 1, T)
+            grid.sync()
+            if live:
+                total = batch_loss(pr, used, lbuf, o, kb, gid)
+                if not math.isfinite(total):
+                    live = False
+                    if gid == 0:
+                        status[m] = kb + 1
+            if clip_norm > 0.0:
+                if live:
+                    reduce_sq(pt, used, g, ranges, n_total, pr, lbuf, gid, gsize)
+                grid.sync()
+                if live:
+                    clipped_step(g, p, opt, st, slots, ranges, n_total, rt, kb, pr, nblk,
+                                 lbuf, clip_norm, gid, gsize)
+            elif live:
+                reduce_step(pt, used, g, p, opt, st, slots, ranges, n_total, rt, kb, gid,
+                            gsize)
+            grid.sync()
 
     @cuda.jit
     def fused_batch_grads(X, Y, row_w, perm, b0, rows, scale, params, partials, part, sizes,
@@ -454,8 +545,8 @@ def _build(ft):
                         kc.output_rows(ZL, r, out, row0 + r, 1, n_last, loss)
             cuda.syncthreads()      # the next tile overwrites X, Z and A
 
-    return dict(fused_train_chunk=fused_train_chunk, fused_batch_grads=fused_batch_grads,
-                fused_forward=fused_forward)
+    return dict(fused_train_chunk=fused_train_chunk, fused_members_chunk=fused_members_chunk,
+                fused_batch_grads=fused_batch_grads, fused_forward=fused_forward)
 
 
 @cuda.jit

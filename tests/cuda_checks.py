@@ -595,18 +595,92 @@ def test_inference_keeps_parameters_on_the_device_and_follows_every_change():
 
 # ------------------------------------------------------------------------- ensembles
 
-def test_ensemble_members_match_cpu():
-    """The CUDA engine trains an ensemble's members in turn, each as its own fit."""
+@pytest.fixture
+def together(monkeypatch):
+    """What engines.cuda_members.train_members returned, chunk by chunk: (jobs, steps done
+    per job, or None where the members ran in turn)."""
+    from fastbp.engines import cuda_members
+    calls = []
+    original = cuda_members.train_members
+
+    def spy(jobs):
+        res = original(jobs)
+        calls.append((len(jobs), res))
+        return res
+    monkeypatch.setattr(cuda_members, "train_members", spy)
+    return calls
+
+
+def _ensembles(sizes, **kw):
+    cfg = dict(n_models=3, activation="relu", dtype="float32", seed=3)
+    cfg.update(kw)
+    return (fastbp.Ensemble(sizes, device="cpu", **cfg),
+            fastbp.Ensemble(sizes, device="cuda", **cfg))
+
+
+def _assert_members_close(a, b, rtol, atol):
+    for k in range(len(a)):
+        _assert_weights_close(a[k], b[k], rtol, atol)
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [("float32", 1e-4, 1e-6),
+                                               ("float64", 1e-9, 1e-12)])
+@pytest.mark.parametrize("clip_norm", [None, 0.5])
+def test_ensemble_members_share_launches(dtype, rtol, atol, clip_norm, together):
+    """The members train in the same launches (a grid row each), with their own learning
+    rates, weight decays, row weights and dropout seeds, and end as the CPU's."""
     X, y = _data("cross_entropy", 3)
-    w = np.ones((2, N_ROWS))
+    w = np.ones((3, N_ROWS))
     w[1, :3] = 0.0
-    kw = dict(n_models=2, activation="tanh", dtype="float32", seed=3)
-    a = fastbp.Ensemble([N_IN, 5, 3], device="cpu", **kw)
-    b = fastbp.Ensemble([N_IN, 5, 3], device="cuda", **kw)
-    fit = dict(epochs=2, batch_size=BATCH, shuffle=True, lr=[1e-2, 3e-2],
-               weight_decay=[0.0, 0.1], sample_weight=w)
+    w[2, 5:] = 2.0
+    a, b = _ensembles([N_IN, 6, 5, 3], dtype=dtype, dropout=0.2)
+    fit = dict(epochs=2, batch_size=BATCH, shuffle=True, lr=[1e-2, 3e-2, 5e-3],
+               weight_decay=[0.0, 0.1, 0.01], sample_weight=w, clip_norm=clip_norm,
+               optimizer="adamw")
     ha, hb = a.fit(X, y, **fit), b.fit(X, y, **fit)
-    for k in range(2):
-        _assert_weights_close(a[k], b[k], 1e-4, 1e-6)
+    assert together and all(n == 3 and res is not None for n, res in together), together
+    _assert_members_close(a, b, rtol, atol)
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(hb.history[key], ha.history[key], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=rtol, atol=atol)
+    for k in range(3):
+        assert b[k]._step == a[k]._step == 6
+        np.testing.assert_allclose(b[k]._opt_state, a[k]._opt_state, rtol=rtol, atol=atol)
+
+
+def test_ensemble_member_diverges_others_go_on(together):
+    """A member whose loss overflows stops before that batch's step, with the CPU's
+    weights; the others go on in launches of their own rows."""
+    X, y = _data("mse", 1)
+    a, b = _ensembles([N_IN, 5, 1], loss="mse", activation="identity")
+    fit = dict(epochs=2, batch_size=BATCH, shuffle=False, optimizer="sgd",
+               lr=[0.01, 1e20, 0.02])
+    with pytest.warns(RuntimeWarning, match=r"member\(s\) \[1\]"):
+        ha = a.fit(X, y, **fit)
+    with pytest.warns(RuntimeWarning, match=r"member\(s\) \[1\]"):
+        hb = b.fit(X, y, **fit)
+    np.testing.assert_array_equal(hb.diverged, ha.diverged)
+    np.testing.assert_array_equal(hb.stopped_epoch, ha.stopped_epoch)
+    assert [b[k]._step for k in range(3)] == [a[k]._step for k in range(3)]
+    assert b[1]._step < b[0]._step
+    _assert_members_close(a, b, 1e-4, 1e-6)
+    assert all(res is not None for _, res in together), together
+    assert {n for n, _ in together} == {3, 2}, together
+
+
+@pytest.mark.parametrize("switch", ["layers", "members off"])
+def test_ensemble_members_in_turn(switch, together, monkeypatch):
+    """Where the members cannot share launches (the layer-by-layer path) or are told not
+    to, they train one after another, with the same numbers."""
+    if switch == "layers":
+        monkeypatch.setattr(kc, "FUSED_PATH", "layers")
+    else:
+        monkeypatch.setattr(kc, "FUSED_MEMBERS", False)
+    X, y = _data("cross_entropy", 3)
+    a, b = _ensembles([N_IN, 5, 3], n_models=2, activation="tanh")
+    fit = dict(epochs=2, batch_size=BATCH, shuffle=True, lr=[1e-2, 3e-2],
+               weight_decay=[0.0, 0.1])
+    ha, hb = a.fit(X, y, **fit), b.fit(X, y, **fit)
+    assert together and all(res is None for _, res in together), together
+    _assert_members_close(a, b, 1e-4, 1e-6)
     np.testing.assert_allclose(hb.history["loss"], ha.history["loss"], rtol=1e-4)
-    np.testing.assert_allclose(b.predict_proba(X), a.predict_proba(X), rtol=1e-4, atol=1e-6)

@@ -84,3 +84,32 @@ def test_kernels_compile_for_gpu(dtype, monkeypatch):
     for name, (kernel, argtypes) in signatures(dtype).items():
         ptx, _ = cuda.compile_ptx(kernel.py_func, argtypes, cc=(9, 0))
         assert ".entry" in ptx, name
+
+
+def test_members_launch_plan(monkeypatch):
+    """How an ensemble's members are spread over cooperative launches on a GPU: all of
+    them in one launch with as many blocks each as fit, or launches of a block per member
+    where they do not; none where the partial gradients of one block would not fit."""
+    import types
+
+    import numpy as np
+    from numba import config
+
+    from fastbp.engines import cuda_members
+    from fastbp.kernels.cuda import FUSED_PARTIAL_BYTES
+    monkeypatch.setattr(config, "ENABLE_CUDASIM", False)
+
+    def plan(n_members, n_slots, max_blocks, n_params=1000):
+        stacks = types.SimpleNamespace(params=np.zeros((1, n_params), np.float32),
+                                       max_blocks=max_blocks)
+        return cuda_members._launch_plan(stacks, n_members, n_slots)
+
+    assert plan(32, 16, 264) == ([(0, 32)], 8)
+    assert plan(32, 2, 264) == ([(0, 32)], 2)       # no more blocks than a batch has tiles
+    assert plan(300, 16, 264) == ([(0, 264), (264, 36)], 1)
+    assert plan(264, 16, 264) == ([(0, 264)], 1)
+    assert plan(3, 16, 0) is None                   # no cooperative launch
+    # The partial gradients' budget binds before the device does.
+    big = FUSED_PARTIAL_BYTES // (4 * 10)
+    assert plan(4, 16, 264, n_params=big) == ([(0, 4)], 2)
+    assert plan(5, 16, 264, n_params=FUSED_PARTIAL_BYTES) is None

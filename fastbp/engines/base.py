@@ -55,6 +55,19 @@ class Engine(ABC):
     def end_fit(self, s):
         """Bring the parameters and optimizer state back to the host."""
 
+    # -- many networks of one architecture on the same batches (fastbp.Ensemble) -------
+    def shared_data(self, X, Y):
+        """X and Y as every member's ``begin_fit`` should get them: one copy where the
+        engine keeps its own (the host arrays themselves here)."""
+        return X, Y
+
+    def train_together(self, jobs):
+        """Run ``jobs``, each ``(engine, session, perm, start, stop, lrs, step, clip_norm,
+        out)`` as for ``run_chunk``, all engines of this class, every job a different
+        network on the same batches; returns the steps each applied, or None where this
+        engine has no way better than one ``run_chunk`` after another."""
+        return None
+
     def calls_blas(self, batch_size):
         """Whether training at ``batch_size`` can call a multithreaded BLAS."""
         return False

@@ -221,6 +221,15 @@ class CPUEngine(Engine):
             self._blas_rule[batch_size] = rule
         return rule
 
+    def train_together(self, jobs):
+        """Every job alone on one thread (``train_members``) where there are at least as
+        many jobs as threads; else None: fewer networks than cores train faster one
+        after another, each with a team."""
+        threads = get_num_threads()
+        if threads > 1 and len(jobs) >= threads:
+            return train_members(jobs, threads)
+        return None
+
     # -- training ---------------------------------------------------------------------
     def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
         """Buffers for the fit; ``state`` is the optimizer's flat state, updated in place."""

@@ -17,11 +17,12 @@ from ..kernels import cuda_fused
 from ..kernels import cuda as kc
 from ..kernels import math as m
 from ..kernels.cuda import (BLOCK_ROWS, FLAT_MAX_BLOCKS, FLAT_THREADS, FUSED_INFER_BLOCKS,
-                            FUSED_THREADS, GEMM_BLOCK, INFER_BLOCK_BYTES,
-                            ROW_THREADS, TILE, cdiv, divide_vector, fused_forward_bytes,
+                            FUSED_THREADS, GEMM_BLOCK, INFER_BLOCK_BYTES, ROW_THREADS, TILE,
+                            cdiv, cooperative_blocks, divide_vector, fused_forward_bytes,
                             fused_forward_rows, fused_slots, fused_tile_bytes, fused_tile_rows,
                             grad_sq_sum, kernels_for, reset_chunk, step_buffer_tail, update)
 from ..kernels.cuda_fused import fused_reduce
+from . import cuda_members
 from .base import Engine, FitSession
 
 
@@ -41,7 +42,8 @@ def signatures(dtype):
     i64, f64 = nt.int64, nt.float64
     F1, F2 = nt.Array(ft, 1, "C"), nt.Array(ft, 2, "C")
     I1, I2 = nt.Array(i64, 1, "C"), nt.Array(i64, 2, "C")
-    D1, D2 = nt.Array(f64, 1, "C"), nt.Array(f64, 2, "C")
+    F3 = nt.Array(ft, 3, "C")
+    D1, D2, D3 = nt.Array(f64, 1, "C"), nt.Array(f64, 2, "C"), nt.Array(f64, 3, "C")
     k = kernels_for(dtype)
     f = cuda_fused.kernels_for(dtype)
     return {
@@ -62,6 +64,9 @@ def signatures(dtype):
         "fused_train_chunk": (f["fused_train_chunk"], (
             F2, F2, D1, I1, i64, i64, i64, F1, F1, F2, D2, I1, I1, I1, D1, I1, i64, i64, i64,
             i64, i64, i64, F2, i64, I2, i64, D2, f64, D2, I1)),
+        "fused_members_chunk": (f["fused_members_chunk"], (
+            F2, F2, D2, I1, i64, i64, i64, F2, F2, F3, D3, I1, I1, I1, D1, I1, i64, i64, I1,
+            I1, i64, i64, F3, i64, I2, i64, D3, f64, D3, I1, I1)),
         "fused_batch_grads": (f["fused_batch_grads"], (
             F2, F2, D1, I1, i64, i64, f64, F1, F2, D2, I1, I1, I1, D1, I1, i64, i64, i64, i64,
             i64, I1)),
@@ -82,15 +87,11 @@ def _flat_grid(n):
     return min(FLAT_MAX_BLOCKS, max(1, cdiv(n, FLAT_THREADS))), FLAT_THREADS
 
 
-def _cudadevrt_found():
-    """Grid sync links the CUDA device runtime, a static library (in the toolkit or the
-    CUDA runtime wheel); the test is numba-cuda's own (numba.cuda.testing)."""
-    from numba.cuda.cudadrv import libs
-    try:
-        libs.check_static_lib(libs.get_cudalib("cudadevrt", static=True))
-    except FileNotFoundError:
-        return False
-    return True
+def _on_device(a):
+    """A host array uploaded; a device array (shared_data's) as it is."""
+    if isinstance(a, np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(a))
+    return a
 
 
 class RowBuffers:
@@ -119,10 +120,21 @@ class FusedBuffers:
     acts: object
     drop: object
     trainable: object
-    partials: object
     part: object
     rates: object
+    partial_shape: tuple
+    dtype: object
     blocks: object = None
+    _partials: object = None
+
+    @property
+    def partials(self):
+        """The blocks' partial gradients (n_slots, n_params), made on first use: an
+        ensemble's members that train in the same launches use shared ones instead
+        (engines.cuda_members), and K copies of up to FUSED_PARTIAL_BYTES would add up."""
+        if self._partials is None:
+            self._partials = cuda.device_array(self.partial_shape, self.dtype)
+        return self._partials
 
 
 @dataclass(eq=False)
@@ -149,6 +161,7 @@ class CudaFitSession(FitSession):
     step_out: object = None       # the data-parallel step's buffers, made on first use
     step_sq: object = None
     step_status: object = None
+    stacks: object = None         # the ensemble's MemberStacks this session's arrays are in
 
 
 class CudaEngine(Engine):
@@ -215,8 +228,8 @@ class CudaEngine(Engine):
 
     # -- training ---------------------------------------------------------------------
     def begin_fit(self, X, Y, row_w, optimizer, state, batch_size, dropout_seed):
-        """Upload data, parameters and optimizer state once; ``state`` is written back by
-        ``end_fit``."""
+        """Upload data, parameters and optimizer state once (X and Y may be on the device
+        already, ``shared_data``); ``state`` is written back by ``end_fit``."""
         m_ = self.net
         lay = m_.layout
         n = X.shape[0]
@@ -229,8 +242,7 @@ class CudaEngine(Engine):
             batch_size=int(batch_size), n=n, optimizer=optimizer, state=state,
             trainable=trainable, lowest=int(np.flatnonzero(trainable)[0]),
             n_trainable=int((ranges[:, 1] - ranges[:, 0]).sum()), seed=int(dropout_seed),
-            X=cuda.to_device(np.ascontiguousarray(X)),
-            Y=cuda.to_device(np.ascontiguousarray(Y)),
+            X=_on_device(X), Y=_on_device(Y),
             row_w=cuda.to_device(np.ascontiguousarray(row_w, dtype=np.float64)),
             params=cuda.to_device(m_.params), grads=cuda.device_array(lay.n_params, m_.dtype),
             dev_state=cuda.to_device(np.ascontiguousarray(dev_state)),
@@ -262,7 +274,7 @@ class CudaEngine(Engine):
             acts=cuda.to_device(np.asarray(m_.acts, dtype=np.int64)),
             drop=cuda.to_device(np.asarray(m_.drop, dtype=np.float64)),
             trainable=cuda.to_device(s.trainable.astype(np.int64)),
-            partials=cuda.device_array((n_slots, lay.n_params), m_.dtype),
+            partial_shape=(n_slots, lay.n_params), dtype=m_.dtype,
             part=cuda.device_array((n_slots, 3), np.float64),
             rates=cuda.device_array((s.out.shape[0], m.N_COEFFS), np.float64))
 
@@ -274,13 +286,9 @@ class CudaEngine(Engine):
         if f.blocks is None:
             if config.ENABLE_CUDASIM:
                 f.blocks = 1        # the simulator's grid sync only syncs one block
-            elif not (cuda.get_current_device().COOPERATIVE_LAUNCH and _cudadevrt_found()):
-                f.blocks = 0
             else:
-                kern = self._f["fused_train_chunk"]
-                compiled = kern.compile(tuple(kern.typeof_pyval(a) for a in args))
-                f.blocks = min(f.n_slots, compiled.max_cooperative_grid_blocks(
-                    FUSED_THREADS, f.smem))
+                f.blocks = min(f.n_slots, cooperative_blocks(self._f["fused_train_chunk"],
+                                                             args, f.smem))
         return f.blocks
 
     def _fused_phase1(self, s, b0, rows, scale, step, status):
@@ -499,6 +507,15 @@ class CudaEngine(Engine):
             coef[b] = m.optimizer_coefficients(s.optimizer.code, s.hyper_host, float(lrs[b]),
                                                int(step) + b + 1)
         return coef
+
+    # -- ensembles --------------------------------------------------------------------
+    def shared_data(self, X, Y):
+        """One upload of X and Y for every member of an ensemble."""
+        return _on_device(X), _on_device(Y)
+
+    def train_together(self, jobs):
+        """The members in the same launches (engines.cuda_members), where they can."""
+        return cuda_members.train_members(jobs)
 
     def end_fit(self, s):
         """Copy parameters and optimizer state back to the host (safe to call twice)."""
