@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -74,6 +75,45 @@ def cmd_info(args):
     for b in blas_info():
         print(f"blas: {b['api']} {b['version']} ({b['threads']} threads)")
     print(f"cuda available: {cuda_available()}")
+    return 0
+
+
+def _folder_bytes(folder):
+    total = 0
+    for base, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(base, name))
+            except OSError:
+                pass
+    return total
+
+
+def cmd_cache(args):
+    import datetime
+
+    from fastbp.kernels import jit
+    root, mine = jit.cache_root(), jit.cache_dir()
+    folders = sorted(os.path.join(root, name) for name in
+                     (os.listdir(root) if os.path.isdir(root) else [])
+                     if jit.is_version_folder(name) and os.path.isdir(os.path.join(root, name)))
+    if args.clear:
+        freed = sum(_folder_bytes(f) for f in folders)
+        for f in folders:
+            shutil.rmtree(f, ignore_errors=True)
+        print(f"removed {len(folders)} cache folder(s), {freed / 2 ** 20:.1f} MB, from {root}; "
+              f"the next fit compiles its kernels again")
+        return 0
+    print(f"compiled kernels of this version: {mine} "
+          f"({_folder_bytes(mine) / 2 ** 20:.1f} MB)" if mine in folders else
+          f"compiled kernels of this version: {mine} (none yet)")
+    for f in folders:
+        if f != mine:
+            when = datetime.datetime.fromtimestamp(jit.last_used(f)).strftime("%Y-%m-%d")
+            print(f"  another version's: {os.path.basename(f)}, "
+                  f"{_folder_bytes(f) / 2 ** 20:.1f} MB, last used {when}")
+    print(f"Other versions' folders unused for {jit.KEEP_UNUSED_DAYS} days are removed when "
+          f"fastbp starts; `fastbp cache --clear` removes them all now.")
     return 0
 
 
@@ -518,6 +558,11 @@ def build_parser():
     d.set_defaults(func=cmd_demo)
     i = sub.add_parser("info", help="versions, threads, BLAS and CUDA availability")
     i.set_defaults(func=cmd_info)
+    c = sub.add_parser("cache", help="where the compiled kernels are kept, and how much; "
+                                     "--clear removes them")
+    c.add_argument("--clear", action="store_true",
+                   help="remove every version's compiled kernels (the next fit compiles)")
+    c.set_defaults(func=cmd_cache)
     return p
 
 

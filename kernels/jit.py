@@ -35,7 +35,9 @@ not depend on this module. Where Numba's internals differ from what this module 
 """
 import hashlib
 import os
+import shutil
 import sys
+import time
 
 import numba
 from numba import types
@@ -65,11 +67,9 @@ def _sources_digest():
 SOURCES_DIGEST = _sources_digest()
 
 
-def cache_dir():
-    """Where compiled entries are kept: ``FASTBP_CACHE_DIR``, else beside Numba's own
-    ``NUMBA_CACHE_DIR`` when set, else the user's cache folder. Outside the installed
-    package, so a reinstall of the same sources finds them (the key holds the sources'
-    digest, the Numba and Python versions, and Numba adds the CPU model and features)."""
+def cache_root():
+    """The folder of every version's cache: ``FASTBP_CACHE_DIR``, else beside Numba's own
+    ``NUMBA_CACHE_DIR`` when set, else the user's cache folder."""
     root = os.environ.get("FASTBP_CACHE_DIR")
     if not root:
         if config.CACHE_DIR:
@@ -78,7 +78,72 @@ def cache_dir():
             base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
                 os.path.expanduser("~"), ".cache")
             root = os.path.join(base, "fastbp")
-    return os.path.join(root, SOURCES_DIGEST[:16])
+    return root
+
+
+def cache_dir():
+    """Where compiled entries are kept: a folder of ``cache_root()`` named by the sources'
+    digest. Outside the installed package, so a reinstall of the same sources finds them
+    (the key holds the sources' digest, the Numba and Python versions, and Numba adds the
+    CPU model and features)."""
+    return os.path.join(cache_root(), SOURCES_DIGEST[:16])
+
+
+# Another version's cache folder (an upgrade, an edited source) that no process has used
+# for this long is removed: each holds about 10 MB of compiled code.
+KEEP_UNUSED_DAYS = 30
+USED_MARK = ".last_used"
+_DAY = 86400.0
+_pruned = False
+
+
+def is_version_folder(name):
+    """Whether ``name`` is one of cache_dir()'s folder names (16 hex digits)."""
+    return len(name) == 16 and all(c in "0123456789abcdef" for c in name)
+
+
+def last_used(folder):
+    """When a process last used the version's cache ``folder`` (its mark, else the
+    folder's own time)."""
+    try:
+        return os.stat(os.path.join(folder, USED_MARK)).st_mtime
+    except OSError:
+        return os.stat(folder).st_mtime
+
+
+def prune_cache(now=None):
+    """Mark this version's cache as used (at most once a day: a process start should not
+    write) and remove the other versions' folders unused for KEEP_UNUSED_DAYS. Only
+    folders named as cache_dir() names them are touched. Returns the removed paths."""
+    now = time.time() if now is None else now
+    root, mine = cache_root(), cache_dir()
+    mark = os.path.join(mine, USED_MARK)
+    try:
+        if now - os.stat(mark).st_mtime > _DAY:
+            os.utime(mark, (now, now))
+    except FileNotFoundError:
+        with open(mark, "w"):
+            pass
+        os.utime(mark, (now, now))
+    removed = []
+    for name in os.listdir(root):
+        folder = os.path.join(root, name)
+        if folder == mine or not is_version_folder(name) or not os.path.isdir(folder):
+            continue
+        if now - last_used(folder) > KEEP_UNUSED_DAYS * _DAY:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _prune_once():
+    global _pruned
+    if not _pruned:
+        _pruned = True
+        try:
+            prune_cache()
+        except OSError:     # a read-only or vanishing cache folder: nothing to tidy
+            pass
 
 
 class _EntryCacheLocator(caching._CacheLocator):
@@ -104,6 +169,7 @@ class _EntryCacheLocator(caching._CacheLocator):
             self.ensure_cache_path()
         except OSError:   # not writable: Numba's own locators are tried next
             return None
+        _prune_once()
         return self
 
 

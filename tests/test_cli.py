@@ -87,7 +87,7 @@ def test_regression_round_trip_on_npz(tmp_path):
     assert lines[0] == "y" and len(lines) == 301
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo", "info"])
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo", "info", "cache"])
 def test_help_for_each_command(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])

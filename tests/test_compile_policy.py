@@ -198,3 +198,51 @@ def test_a_first_prediction_without_a_fit_gets_a_helper_only_while_nothing_is_ca
         runs.append(dict(line.split(" ", 1) for line in res.stdout.splitlines()))
     assert runs[0]["HELPER"] == "True" and runs[1]["HELPER"] == "False"
     assert runs[0]["PROBA"] == runs[1]["PROBA"]
+
+
+def test_other_versions_caches_unused_for_a_month_are_removed(tmp_path, monkeypatch, capsys):
+    """Every version (an upgrade, an edited source) compiles into a folder of its own: the
+    ones no process has used for KEEP_UNUSED_DAYS go at the next start, nothing else does,
+    and `fastbp cache` lists them and `--clear` removes them all."""
+    from fastbp import cli
+    monkeypatch.setenv("FASTBP_CACHE_DIR", str(tmp_path))
+    now = 1_900_000_000.0
+    day = 86400.0
+    mine = jit.cache_dir()
+    os.makedirs(mine)
+
+    def folder(name, days_ago, mark=True):
+        path = tmp_path / name
+        (path / "cpu").mkdir(parents=True)
+        (path / "cpu" / "entry.nbc").write_bytes(b"x" * 1000)
+        t = now - days_ago * day
+        if mark:
+            (path / jit.USED_MARK).write_text("")
+            os.utime(path / jit.USED_MARK, (t, t))
+        os.utime(path, (t, t))
+        return path
+
+    stale = folder("0123456789abcdef", 40)
+    recent = folder("fedcba9876543210", 10)
+    unmarked = folder("00000000000000aa", 40, mark=False)
+    foreign = folder("not-a-version", 400, mark=False)
+    assert sorted(jit.prune_cache(now)) == sorted([str(stale), str(unmarked)])
+    assert not stale.exists() and not unmarked.exists()
+    assert recent.exists() and foreign.exists()
+    mark = os.path.join(mine, jit.USED_MARK)
+    assert os.stat(mark).st_mtime > now - day     # this version's: marked as used
+
+    # The mark is written at most once a day (a process start should not write).
+    os.utime(mark, (now - 3600, now - 3600))
+    jit.prune_cache(now)
+    assert os.stat(mark).st_mtime == now - 3600
+    os.utime(mark, (now - 2 * day, now - 2 * day))
+    jit.prune_cache(now)
+    assert os.stat(mark).st_mtime == now
+
+    assert cli.main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert mine in out and "fedcba9876543210" in out and "not-a-version" not in out
+    assert cli.main(["cache", "--clear"]) == 0
+    assert "removed 2 cache folder(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-version"]
