@@ -75,6 +75,10 @@ def cmd_info(args):
     for b in blas_info():
         print(f"blas: {b['api']} {b['version']} ({b['threads']} threads)")
     print(f"cuda available: {cuda_available()}")
+    from fastbp.kernels import jit
+    mine = jit.cache_dir()
+    size = _folder_bytes(mine) / 2 ** 20 if os.path.isdir(mine) else 0.0
+    print(f"compiled kernels: {mine} ({size:.1f} MB; `fastbp cache` for more)")
     return 0
 
 

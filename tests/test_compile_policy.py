@@ -243,6 +243,8 @@ def test_other_versions_caches_unused_for_a_month_are_removed(tmp_path, monkeypa
     assert cli.main(["cache"]) == 0
     out = capsys.readouterr().out
     assert mine in out and "fedcba9876543210" in out and "not-a-version" not in out
+    assert cli.main(["info"]) == 0
+    assert f"compiled kernels: {mine}" in capsys.readouterr().out
     assert cli.main(["cache", "--clear"]) == 0
     assert "removed 2 cache folder(s)" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-version"]
