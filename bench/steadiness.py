@@ -3,7 +3,8 @@
 For each named shape it fits the same model for one epoch ``--fits`` times in a row (the
 weights go on training; the work per fit is the same) and records samples/s per fit. The
 figure of merit is the slowest fit over the median (target: at least 0.9), with the
-spread, and PyTorch's the same way in the same run when it is installed. ``--busy``
+spread, and PyTorch's the same way in the same run when it is installed, the two taking
+turns fit by fit so that a slow spell of the machine hits both. ``--busy``
 starts one competing process that spins on a core for the whole run, as a neighbour
 would.
 
@@ -47,20 +48,23 @@ def _data(sizes, rows, seed=0):
     return X, rng.integers(0, sizes[-1], rows)
 
 
-def fastbp_fits(sizes, batch, rows, fits):
+def fastbp_fitter(sizes, batch, rows):
+    """One-epoch fits of one fastbp model, warmed up: a function that fits once and
+    returns samples/s."""
     import fastbp
     X, y = _data(sizes, rows)
     net = fastbp.MLP(sizes, loss="mse" if sizes[-1] == 1 else "cross_entropy", seed=0)
     net.fit(X[:batch * 20], y[:batch * 20], epochs=1, batch_size=batch)   # compile, warm up
-    rates = []
-    for _ in range(fits):
+
+    def fit():
         t = time.perf_counter()
         net.fit(X, y, epochs=1, batch_size=batch, optimizer="adam")
-        rates.append(rows / (time.perf_counter() - t))
-    return rates
+        return rows / (time.perf_counter() - t)
+    return fit
 
 
-def torch_fits(sizes, batch, rows, fits):
+def torch_fitter(sizes, batch, rows):
+    """The same for PyTorch eager (Adam, the same data), warmed up."""
     import torch
     torch.set_num_threads(int(os.environ.get("FASTBP_NUM_THREADS") or os.cpu_count()))
     X, y = _data(sizes, rows)
@@ -84,11 +88,21 @@ def torch_fits(sizes, batch, rows, fits):
             opt.step()
 
     epoch(batch * 20)
-    rates = []
-    for _ in range(fits):
+
+    def fit():
         t = time.perf_counter()
         epoch(rows)
-        rates.append(rows / (time.perf_counter() - t))
+        return rows / (time.perf_counter() - t)
+    return fit
+
+
+def alternated(fitters, fits):
+    """{name: samples/s of each of ``fits`` fits}, the peers taking turns fit by fit, so
+    that a slow spell of a shared machine hits both."""
+    rates = {name: [] for name in fitters}
+    for _ in range(fits):
+        for name, fit in fitters.items():
+            rates[name].append(fit())
     return rates
 
 
@@ -119,13 +133,15 @@ def main(argv=None):
     try:
         for name in args.shapes.split(","):
             sizes, batch, rows = SHAPES[name]
-            entry = {"sizes": sizes, "batch": batch, "rows": rows,
-                     "fastbp": summary(fastbp_fits(sizes, batch, rows, args.fits))}
+            fitters = {"fastbp": fastbp_fitter(sizes, batch, rows)}
             if not args.no_torch:
                 try:
-                    entry["torch"] = summary(torch_fits(sizes, batch, rows, args.fits))
+                    fitters["torch"] = torch_fitter(sizes, batch, rows)
                 except ImportError:
                     pass
+            entry = {"sizes": sizes, "batch": batch, "rows": rows}
+            for peer, rates in alternated(fitters, args.fits).items():
+                entry[peer] = summary(rates)
             results["shapes"][name] = entry
             line = f"{name:7s} fastbp slowest/median {entry['fastbp']['slowest_over_median']}"
             if "torch" in entry:

@@ -395,6 +395,64 @@ def test_thread_policy_gives_a_slow_first_team_time_a_second_chance():
     assert p.choose() is False
 
 
+def test_a_retry_of_the_slower_choice_takes_only_the_batches_that_time_it():
+    """Retrying the slower choice for a whole chunk made that fit a fifth slower than the
+    others on a wide net: a retry runs MIN_SECONDS of its own time (2 batches at least),
+    the rest of the chunk goes to the faster choice, and the weights are the same."""
+    from fastbp.engines.cpu import ThreadPolicy
+    p = ThreadPolicy()
+    assert p.probe_batches(True, 50) == 50                # undecided: the whole chunk
+    p.record(True, 0.01)
+    assert p.probe_batches(True, 50) == 50                # the faster choice: all of it
+    assert p.probe_batches(False, 50) == 2                # one thread, untimed: as the team
+    p.record(False, 0.001)
+    assert p.probe_batches(False, 50) == 50               # one thread leads now
+    assert p.probe_batches(True, 50) == 2                 # 0.01 s a batch: 2 time it
+    p.record(True, 1e-4)
+    p.record(False, 1e-3)
+    assert p.probe_batches(False, 50) == 20               # 0.02 s of its own time
+    assert p.probe_batches(False, 10) == 10
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the split chunk needs two CPUs")
+    before = fastbp.get_num_threads()
+    fastbp.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(64 * 12, 64)).astype(np.float32)
+        y = rng.integers(0, 4, X.shape[0])
+        nets = [fastbp.MLP([64, 96, 4], seed=1) for _ in range(2)]
+        runs = []
+        original = backend.CPUEngine._train_batches
+
+        def spy(self, s, perm, start, stop, *args):
+            runs.append((stop - start, args[-1]))
+            return original(self, s, perm, start, stop, *args)
+        backend.CPUEngine._train_batches = spy
+        try:
+            for net, retry in zip(nets, (False, True)):
+                policy = net._engine._policies.setdefault(64, ThreadPolicy())
+                policy.record(True, 1e-3)
+                policy.record(False, 1e-2)
+                if retry:       # due for a retry of one thread (the slower)
+                    policy.choose = lambda: False
+                else:
+                    policy.choose = lambda: True
+                runs.clear()
+                net.fit(X, y, epochs=1, batch_size=64, shuffle=False)
+            # (A fit's first chunk is one batch: it sizes the others.)
+            alone = [rows for rows, team in runs if not team]
+            assert alone and max(alone) == 2 * 64, runs
+            i = runs.index((2 * 64, False))
+            assert runs[i + 1][1] is True, runs
+        finally:
+            backend.CPUEngine._train_batches = original
+        for a, b in zip(nets[0].get_weights(), nets[1].get_weights()):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        fastbp.set_num_threads(before)
+
+
 @pytest.mark.skipif(threads_mod._current_cpu is None or len(os.sched_getaffinity(0)) < 2,
                     reason="needs sched_getcpu and two CPUs")
 def test_a_worker_on_its_callers_cpu_steps_aside():

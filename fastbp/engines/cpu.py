@@ -121,9 +121,11 @@ class ThreadPolicy:
     machine the same net's team went from faster to slower than one thread from one
     minute to the next: bench/results/code-notes.md). So both are timed: the team first,
     then one thread, then whichever was faster over its last few chunks, trying the other
-    again now and then. A retry costs the gap between the two for one chunk, so retries
-    are spaced to cost at most PROBE_COST of the throughput: often when the two are close
-    (cheap, and the choice may flip), rarely when one is far ahead.
+    again now and then. A retry runs only as many of a chunk's batches as time it
+    (``probe_batches``) and costs the gap between the two for those; retries are spaced
+    to cost at most PROBE_COST of the throughput even if each took a whole chunk: often
+    when the two are close (cheap, and the choice may flip), rarely when one is far
+    ahead.
 
     Each choice counts by the fastest of its last KEEP times: interference only ever
     slows a chunk, and a model's first team chunk often ran at one thread's speed (a
@@ -175,6 +177,20 @@ class ThreadPolicy:
         if self.since_retry >= self.period():
             return not best
         return best
+
+    def probe_batches(self, choice, n_batches):
+        """Batches of a chunk of ``n_batches`` to run under ``choice``: all of them, unless
+        it is a retry of the slower choice. A retry only needs to be timed: MIN_SECONDS of
+        its expected time (2 batches at least), the rest of the chunk going to the faster
+        choice. A whole chunk at the slower choice made that fit a fifth slower than the
+        others on a wide net (bench/steadiness.py)."""
+        if self.undecided or choice == self._best():
+            return n_batches
+        times = self.times[choice] or self.times[not choice]
+        per_batch = min(times) if times else 0.0
+        if per_batch <= 0.0:
+            return n_batches
+        return min(n_batches, max(2, math.ceil(self.MIN_SECONDS / per_batch)))
 
     def record(self, team, per_batch):
         """A chunk's time per batch under one choice: ``team`` allowed (whether or not
@@ -275,13 +291,32 @@ class CPUEngine(Engine):
         """Batches of perm[start:stop]; out[k] = [loss, metric sum]; returns steps applied.
 
         Whether a team of threads or one thread trains the chunk is chosen by measured
-        time per batch (``ThreadPolicy``); either way the weights come out the same."""
-        m, lay, ws = self.net, self.net.layout, s.ws
+        time per batch (``ThreadPolicy``); either way the weights come out the same. A
+        retry of the slower choice takes only the chunk's first batches
+        (``ThreadPolicy.probe_batches``)."""
+        lay, ws = self.net.layout, s.ws
         policy = self._policies.setdefault(s.batch_size, ThreadPolicy())
         n_batches = -(-(stop - start) // s.batch_size)
         size = team_size(min(s.batch_size, stop - start), n_batches, ws.n_threads,
                          3 * forward_macs(lay))
         team = size > 1 and policy.choose()
+        k = policy.probe_batches(team, n_batches) if size > 1 else n_batches
+        if k == n_batches:
+            return self._train_batches(s, perm, start, stop, lrs, step, clip_norm, out,
+                                       policy, size, team)
+        split = start + k * s.batch_size
+        done = self._train_batches(s, perm, start, split, lrs[:k], step, clip_norm, out[:k],
+                                   policy, size, team)
+        if done < k:
+            return done
+        return done + self._train_batches(s, perm, split, stop, lrs[k:], step + k, clip_norm,
+                                          out[k:], policy, size, not team)
+
+    def _train_batches(self, s, perm, start, stop, lrs, step, clip_norm, out, policy, size,
+                       team):
+        """run_chunk's batches under one choice (a team of ``size`` or one thread), timed
+        for ``policy``."""
+        m, lay, ws = self.net, self.net.layout, s.ws
         t0 = time.perf_counter()
         done, sync, grace = self._run_team(
             cpu.train_chunk, size if team else 1, size,
