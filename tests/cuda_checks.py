@@ -668,6 +668,26 @@ def test_ensemble_member_diverges_others_go_on(together):
     assert {n for n, _ in together} == {3, 2}, together
 
 
+def test_ensemble_members_stop_early_alone(together):
+    """Per-member early stopping: a stopped member leaves the launches with its best
+    weights, the others go on in launches of their own rows, all as on the CPU."""
+    from fastbp.callbacks import EarlyStopping
+    X, y = _data("cross_entropy", 3, n=16)
+    a, b = _ensembles([N_IN, 6, 3], n_models=3, activation="tanh")
+    hists = []
+    for ens in (a, b):
+        hists.append(ens.fit(X[:12], y[:12], epochs=6, batch_size=BATCH, shuffle=False,
+                             lr=[0.5, 1e-3, 0.05], validation_data=(X[12:], y[12:]),
+                             callbacks=[EarlyStopping(patience=0,
+                                                      restore_best_weights=True)]))
+    ha, hb = hists
+    np.testing.assert_array_equal(hb.stopped_epoch, ha.stopped_epoch)
+    assert len(set(ha.stopped_epoch.tolist())) > 1, ha.stopped_epoch   # they differ
+    _assert_members_close(a, b, 1e-4, 1e-6)
+    assert all(res is not None for _, res in together), together
+    assert len({n for n, _ in together}) > 1, together      # fewer rows once one stopped
+
+
 @pytest.mark.parametrize("switch", ["layers", "members off"])
 def test_ensemble_members_in_turn(switch, together, monkeypatch):
     """Where the members cannot share launches (the layer-by-layer path) or are told not
