@@ -98,9 +98,7 @@ def cmd_cache(args):
 
     from fastbp.kernels import jit
     root, mine = jit.cache_root(), jit.cache_dir()
-    folders = sorted(os.path.join(root, name) for name in
-                     (os.listdir(root) if os.path.isdir(root) else [])
-                     if jit.is_version_folder(name) and os.path.isdir(os.path.join(root, name)))
+    folders = jit.version_folders()
     if args.clear:
         freed = sum(_folder_bytes(f) for f in folders)
         for f in folders:

@@ -102,6 +102,15 @@ def is_version_folder(name):
     return len(name) == 16 and all(c in "0123456789abcdef" for c in name)
 
 
+def version_folders():
+    """Every version's cache folder in cache_root() (cache_dir() among them once made),
+    sorted; nothing else the root holds."""
+    root = cache_root()
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted(os.path.join(root, name) for name in names
+                  if is_version_folder(name) and os.path.isdir(os.path.join(root, name)))
+
+
 def last_used(folder):
     """When a process last used the version's cache ``folder`` (its mark, else the
     folder's own time)."""
@@ -116,7 +125,7 @@ def prune_cache(now=None):
     write) and remove the other versions' folders unused for KEEP_UNUSED_DAYS. Only
     folders named as cache_dir() names them are touched. Returns the removed paths."""
     now = time.time() if now is None else now
-    root, mine = cache_root(), cache_dir()
+    mine = cache_dir()
     mark = os.path.join(mine, USED_MARK)
     try:
         if now - os.stat(mark).st_mtime > _DAY:
@@ -126,11 +135,8 @@ def prune_cache(now=None):
             pass
         os.utime(mark, (now, now))
     removed = []
-    for name in os.listdir(root):
-        folder = os.path.join(root, name)
-        if folder == mine or not is_version_folder(name) or not os.path.isdir(folder):
-            continue
-        if now - last_used(folder) > KEEP_UNUSED_DAYS * _DAY:
+    for folder in version_folders():
+        if folder != mine and now - last_used(folder) > KEEP_UNUSED_DAYS * _DAY:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
